@@ -1,0 +1,104 @@
+package consumer
+
+import (
+	"fmt"
+	"time"
+)
+
+// Durable is the name of the one durable pull consumer the whole fleet shares: every
+// consume process binds to it, and JetStream hands each message to one of them.
+const Durable = "refresher"
+
+// Config tunes one consume process. Env names are REFRESHER_<tag>.
+type Config struct {
+	Concurrency     int             `envconfig:"REFRESHER_CONCURRENCY" default:"32" desc:"messages handled at once by one process"`
+	AckWait         time.Duration   `envconfig:"REFRESHER_ACK_WAIT" default:"60s" desc:"redelivery timeout of an unacknowledged message (kept alive while in progress)"`
+	MaxDeliver      int             `envconfig:"REFRESHER_MAX_DELIVER" default:"8" desc:"deliveries before a failing request is dead-lettered"`
+	Backoff         []time.Duration `envconfig:"REFRESHER_BACKOFF" default:"1s,5s,15s,30s,1m,2m,5m" desc:"NakWithDelay delay by delivery count (the last repeats)"`
+	MaxAckPending   int             `envconfig:"REFRESHER_MAX_ACK_PENDING" default:"1024" desc:"unacknowledged messages across the fleet; above concurrency x processes"`
+	LockTimeout     time.Duration   `envconfig:"REFRESHER_LOCK_TIMEOUT" default:"5s" desc:"wait for a row lock held by another writer before backing off"`
+	ProviderTimeout time.Duration   `envconfig:"REFRESHER_PROVIDER_TIMEOUT" default:"15s" desc:"bound on one token request; below ACK_WAIT and DRAIN_TIMEOUT"`
+	DrainTimeout    time.Duration   `envconfig:"REFRESHER_DRAIN_TIMEOUT" default:"30s" desc:"on SIGTERM, time for in-flight messages to finish"`
+	DefaultTokenTTL time.Duration   `envconfig:"REFRESHER_DEFAULT_TOKEN_TTL" default:"1h" desc:"expires_at for a token whose provider gave no expires_in"`
+}
+
+// DefaultConfig is what the env defaults amount to, for code that configures itself
+// without envconfig (tests, the demo, application code).
+func DefaultConfig() Config {
+	return Config{
+		Concurrency:     32,
+		AckWait:         60 * time.Second,
+		MaxDeliver:      8,
+		Backoff:         []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second, time.Minute, 2 * time.Minute, 5 * time.Minute},
+		MaxAckPending:   1024,
+		LockTimeout:     5 * time.Second,
+		ProviderTimeout: 15 * time.Second,
+		DrainTimeout:    30 * time.Second,
+		DefaultTokenTTL: time.Hour,
+	}
+}
+
+// Validate names the first bad value by its environment variable.
+func (c Config) Validate() error {
+	switch {
+	case c.Concurrency < 1 || c.Concurrency > 4096:
+		return fmt.Errorf("REFRESHER_CONCURRENCY=%d: want 1 to 4096", c.Concurrency)
+	case c.MaxDeliver < 1:
+		return fmt.Errorf("REFRESHER_MAX_DELIVER=%d: want at least 1", c.MaxDeliver)
+	case c.MaxAckPending < c.Concurrency:
+		return fmt.Errorf("REFRESHER_MAX_ACK_PENDING=%d: want at least REFRESHER_CONCURRENCY (%d)", c.MaxAckPending, c.Concurrency)
+	case c.LockTimeout <= 0:
+		return fmt.Errorf("REFRESHER_LOCK_TIMEOUT=%s: must be positive", c.LockTimeout)
+	case c.ProviderTimeout <= 0:
+		return fmt.Errorf("REFRESHER_PROVIDER_TIMEOUT=%s: must be positive", c.ProviderTimeout)
+	case c.AckWait <= c.ProviderTimeout:
+		return fmt.Errorf("REFRESHER_ACK_WAIT=%s: must exceed REFRESHER_PROVIDER_TIMEOUT (%s)", c.AckWait, c.ProviderTimeout)
+	case c.DrainTimeout <= c.ProviderTimeout:
+		// A provider call cut short by shutdown may have rotated the token already; the
+		// drain must be able to wait one out.
+		return fmt.Errorf("REFRESHER_DRAIN_TIMEOUT=%s: must exceed REFRESHER_PROVIDER_TIMEOUT (%s)", c.DrainTimeout, c.ProviderTimeout)
+	case c.DefaultTokenTTL <= 0:
+		return fmt.Errorf("REFRESHER_DEFAULT_TOKEN_TTL=%s: must be positive", c.DefaultTokenTTL)
+	}
+	if len(c.Backoff) == 0 {
+		return fmt.Errorf("REFRESHER_BACKOFF is empty: give at least one delay")
+	}
+	for _, d := range c.Backoff {
+		if d <= 0 {
+			return fmt.Errorf("REFRESHER_BACKOFF: delay %s must be positive", d)
+		}
+	}
+	return nil
+}
+
+// txTimeout bounds one message's transaction: the lock wait, the provider call and the
+// write, with room to spare, because once the provider has answered nothing but this
+// deadline may stop the new token from reaching the database.
+func (c Config) txTimeout() time.Duration {
+	return c.LockTimeout + c.ProviderTimeout + 30*time.Second
+}
+
+// idleInTxTimeout lets PostgreSQL end a transaction whose process vanished mid-call,
+// releasing the row lock; it must outlast the provider call, during which the
+// connection sits idle in the transaction.
+func (c Config) idleInTxTimeout() time.Duration {
+	return c.ProviderTimeout + 15*time.Second
+}
+
+// backoff is the delay before delivery n+1 after delivery n failed.
+func (c Config) backoff(delivered uint64, retryAfter time.Duration) time.Duration {
+	i := int(delivered) - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(c.Backoff) {
+		i = len(c.Backoff) - 1
+	}
+	d := c.Backoff[i]
+	// Honour the provider's Retry-After, within reason: a header of days must not park
+	// a message past the stream's retention.
+	if retryAfter > d {
+		d = min(retryAfter, 15*time.Minute)
+	}
+	return d
+}

@@ -1,0 +1,196 @@
+// Package consumer is the fleet worker: it takes refresh requests from the shared
+// durable consumer, and for each one locks the credential row, applies the skip rule,
+// calls the provider with the row's current refresh token, writes only the token
+// columns, commits, and only then acknowledges. It does not decide scheduling.
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/provider"
+	"github.com/refresher/refresher/publisher"
+)
+
+// Consumer is one consume process's worker pool.
+type Consumer struct {
+	cfg       Config
+	streams   publisher.StreamConfig
+	db        *bun.DB
+	js        jetstream.JetStream
+	providers map[string]provider.Refresher
+	log       *slog.Logger
+	now       func() time.Time
+	stats     counters
+	naive     bool // test-only: the unlocked read-call-write path the lock exists to prevent
+
+	stopOnce sync.Once
+	stopping chan struct{} // closed when shutdown begins: no new provider calls
+	ready    chan struct{} // closed once bound to the durable consumer
+}
+
+// Option configures a Consumer.
+type Option func(*Consumer)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(c *Consumer) { c.log = l } }
+
+// WithStreamConfig sets how the streams are created (default DefaultStreamConfig).
+func WithStreamConfig(sc publisher.StreamConfig) Option {
+	return func(c *Consumer) { c.streams = sc }
+}
+
+// New validates its inputs and returns a Consumer; Run starts it. providers maps each
+// configured service name to its token endpoint; a request for any other service is
+// dead-lettered.
+func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg Config, opts ...Option) (*Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(providers) == 0 {
+		return nil, errors.New("no services configured: set REFRESHER_SERVICES")
+	}
+	for name := range providers {
+		if err := model.ValidateService(name); err != nil {
+			return nil, fmt.Errorf("REFRESHER_SERVICES: %w", err)
+		}
+	}
+	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max < cfg.Concurrency {
+		// Every in-flight message holds a connection idle in its transaction while the
+		// provider answers; a smaller pool turns concurrency into lock-holding waits.
+		return nil, fmt.Errorf("database pool of %d connections is below REFRESHER_CONCURRENCY=%d", max, cfg.Concurrency)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	c := &Consumer{
+		cfg:       cfg,
+		streams:   publisher.DefaultStreamConfig(),
+		db:        db,
+		js:        js,
+		providers: providers,
+		log:       slog.Default(),
+		now:       time.Now,
+		stopping:  make(chan struct{}),
+		ready:     make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// Ready is closed once the consumer is bound to the durable and fetching.
+func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+// Bind creates or updates the streams and the shared durable consumer. Every process
+// binds with the same settings, so whichever starts first creates them.
+func (c *Consumer) Bind(ctx context.Context) (jetstream.Consumer, error) {
+	if err := publisher.EnsureStreams(ctx, c.js, c.streams); err != nil {
+		return nil, err
+	}
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, publisher.Stream, jetstream.ConsumerConfig{
+		Durable:       Durable,
+		Description:   "refresher fleet: one message per credential refresh",
+		FilterSubject: publisher.StreamSubjects,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		// Redelivery spacing comes from NakWithDelay (see Config.backoff), not from
+		// ConsumerConfig.BackOff: the server applies BackOff[0] as the ack wait of the
+		// first delivery, which would redeliver messages still in flight.
+		AckWait:       c.cfg.AckWait,
+		MaxDeliver:    c.cfg.MaxDeliver,
+		MaxAckPending: c.cfg.MaxAckPending,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", Durable, publisher.Stream, err)
+	}
+	return cons, nil
+}
+
+// Run handles messages until ctx is cancelled, then drains: it stops fetching, lets
+// in-flight messages finish (a provider call under way is never abandoned), naks the
+// ones not started, and returns nil if all of that fit in the drain timeout.
+func (c *Consumer) Run(ctx context.Context) error {
+	cons, err := c.Bind(ctx)
+	if err != nil {
+		return err
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(c.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", Durable, err)
+	}
+	close(c.ready)
+	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "concurrency", c.cfg.Concurrency)
+
+	var wg sync.WaitGroup
+	drained := make(chan struct{})
+	go func() {
+		<-ctx.Done()
+		c.stop()
+		// Drain, not Stop: messages already buffered come out of Next and are nak'ed
+		// below at once, instead of waiting out AckWait on a dead client.
+		iter.Drain()
+		close(drained)
+	}()
+
+	slots := make(chan struct{}, c.cfg.Concurrency)
+	for {
+		slots <- struct{}{}
+		msg, err := iter.Next()
+		if err != nil {
+			<-slots
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			c.log.Warn("fetch", "error", err)
+			continue
+		}
+		if c.isStopping() {
+			<-slots
+			_ = msg.Nak()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			c.handle(msg)
+		}()
+	}
+	<-drained
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		c.log.Info("drained")
+		return nil
+	case <-time.After(c.cfg.DrainTimeout):
+		return fmt.Errorf("drain: in-flight messages still running after %s", c.cfg.DrainTimeout)
+	}
+}
+
+func (c *Consumer) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
+
+func (c *Consumer) isStopping() bool {
+	select {
+	case <-c.stopping:
+		return true
+	default:
+		return false
+	}
+}

@@ -1,0 +1,150 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/provider"
+)
+
+// Outcome is what handling one message came to.
+type Outcome string
+
+// Outcomes, as counted in Stats and logged.
+const (
+	Refreshed      Outcome = "refreshed"
+	SkippedFresh   Outcome = "skipped_fresh"
+	SkippedReauth  Outcome = "skipped_reauth"
+	ReauthRequired Outcome = "reauth_required"
+	NotFound       Outcome = "not_found"
+	Retried        Outcome = "retried"
+	DeadLettered   Outcome = "dead_lettered"
+	Malformed      Outcome = "malformed"
+	Interrupted    Outcome = "interrupted"
+)
+
+// request is a parsed refresh message.
+type request struct {
+	key         model.Key
+	requestedAt time.Time
+	reason      string
+}
+
+// parseRequest turns a message into a request or says why it is not one.
+func parseRequest(subject string, data []byte, header string, hasHeader bool, stored time.Time) (request, error) {
+	key, err := model.ParseSubject(subject)
+	if err != nil {
+		return request{}, err
+	}
+	body, err := model.ParseBody(data)
+	if err != nil {
+		return request{}, err
+	}
+	at, err := model.RequestTime(header, hasHeader, body, stored)
+	if err != nil {
+		return request{}, err
+	}
+	return request{key: key, requestedAt: at, reason: body.Reason}, nil
+}
+
+// handle takes one message to exactly one of ack, nak with delay, or terminate.
+func (c *Consumer) handle(msg jetstream.Msg) {
+	start := time.Now()
+	meta, err := msg.Metadata()
+	if err != nil {
+		// Not a JetStream delivery: nothing to ack or redeliver.
+		c.log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
+		return
+	}
+	log := c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
+
+	hdr := msg.Headers()
+	header, hasHeader := "", false
+	if vals := hdr.Values(model.HeaderRequestedAt); len(vals) > 0 {
+		header, hasHeader = vals[0], true
+	}
+	req, err := parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
+	if err != nil {
+		c.deadLetter(msg, meta, Malformed, err.Error(), log)
+		return
+	}
+	prov, ok := c.providers[req.key.Service]
+	if !ok {
+		c.deadLetter(msg, meta, Malformed, fmt.Sprintf("unknown service %q", req.key.Service), log)
+		return
+	}
+
+	stopKeepAlive := c.keepAlive(msg)
+	outcome, err := c.refresh(req, prov, meta.NumDelivered)
+	stopKeepAlive()
+
+	log = log.With("outcome", outcome, "duration", time.Since(start).Round(time.Microsecond))
+	switch outcome {
+	case Refreshed, SkippedFresh, SkippedReauth, NotFound:
+		// Acked only now, after the commit: a crash before this line redelivers, and the
+		// skip rule turns the redelivery into a no-op.
+		if aerr := msg.DoubleAck(context.Background()); aerr != nil {
+			log.Warn("ack after commit failed; the redelivery will be skipped", "error", aerr)
+		}
+		c.stats.add(outcome)
+		if outcome == NotFound {
+			log.Info("no such credential (deleted?)")
+		} else {
+			log.Info("done")
+		}
+	case ReauthRequired:
+		_ = msg.TermWithReason("invalid_grant")
+		c.stats.add(outcome)
+		log.Warn("provider refused the grant; credential needs the user to sign in again", "error", err)
+	case Interrupted:
+		_ = msg.Nak()
+		c.stats.add(outcome)
+		log.Info("shutting down before the provider call; returned to the stream")
+	default: // Retried
+		if meta.NumDelivered >= uint64(c.cfg.MaxDeliver) {
+			c.deadLetter(msg, meta, Retried, err.Error(), log)
+			return
+		}
+		delay := c.cfg.backoff(meta.NumDelivered, provider.RetryAfter(err))
+		_ = msg.NakWithDelay(delay)
+		c.stats.add(Retried)
+		log.Warn("will retry", "error", err, "delay", delay)
+	}
+}
+
+// keepAlive tells the server the message is still being worked on, so a slow provider
+// call does not let AckWait expire and hand the message to another process.
+func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(c.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// errOf keeps the last error compact for the credentials.last_error column.
+func errOf(err error) string {
+	var te *provider.TransientError
+	if errors.As(err, &te) {
+		return te.Error()
+	}
+	s := err.Error()
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}

@@ -1,0 +1,201 @@
+package consumer
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/provider"
+)
+
+// errRollback ends a transaction that must not commit although nothing failed: the
+// skip path, whose FOR UPDATE took a transaction id that a commit would have to flush.
+var errRollback = errors.New("rollback")
+
+// errStopping aborts a message whose provider call has not begun when shutdown starts.
+var errStopping = errors.New("shutting down")
+
+// ErrLockTimeout means another writer held the row past REFRESHER_LOCK_TIMEOUT.
+var ErrLockTimeout = errors.New("row lock timeout")
+
+// refresh runs one message's transaction and reports its outcome.
+//
+// It runs under its own deadline on a context that shutdown cannot cancel: once the
+// provider has rotated the token, the only copy of the new one is in this goroutine,
+// and abandoning the write would lose the credential.
+func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint64) (Outcome, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.txTimeout())
+	defer cancel()
+	if c.naive {
+		return c.refreshNaive(ctx, req, prov)
+	}
+	outcome := Retried
+	var provErr error
+	err := c.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := c.setLocal(ctx, tx); err != nil {
+			return err
+		}
+		cred, err := lockCredential(ctx, tx, req.key)
+		if errors.Is(err, sql.ErrNoRows) {
+			outcome = NotFound
+			return errRollback
+		}
+		if err != nil {
+			return err
+		}
+		if cred.Status != model.StatusActive {
+			outcome = SkippedReauth
+			return errRollback
+		}
+		if satisfied(cred.RefreshedAt, req.requestedAt) {
+			outcome = SkippedFresh
+			return errRollback
+		}
+		// The last delivery is worked through even during shutdown: a nak now would
+		// exhaust MaxDeliver and lose the request.
+		if c.isStopping() && delivered < uint64(c.cfg.MaxDeliver) {
+			outcome = Interrupted
+			return errStopping
+		}
+		// Truncated to what timestamptz stores: rounding up could make the refresh look
+		// later than a request made just after it began.
+		began := c.now().Truncate(time.Microsecond)
+		tok, err := prov.Refresh(ctx, cred.RefreshToken)
+		c.stats.providerCall()
+		switch {
+		case errors.Is(err, provider.ErrInvalidGrant):
+			outcome, provErr = ReauthRequired, err
+			return markReauth(ctx, tx, cred.ID, errOf(err))
+		case err != nil:
+			return err
+		}
+		if err := writeToken(ctx, tx, cred, tok, began, c.cfg.DefaultTokenTTL); err != nil {
+			return err
+		}
+		outcome = Refreshed
+		return nil
+	})
+	switch {
+	case err == nil:
+		return outcome, provErr
+	case errors.Is(err, errRollback):
+		return outcome, nil
+	case errors.Is(err, errStopping):
+		return Interrupted, nil
+	}
+	if outcome == Refreshed {
+		// The provider answered but the commit failed: the rotated token is lost unless
+		// the provider has a reuse grace period. Say so loudly; never print the token.
+		c.log.Error("commit after a successful provider call failed", "subject", req.key.Subject(), "error", err)
+	}
+	if c.recordFailure(req.key, errOf(err)) != nil {
+		c.log.Warn("could not record failure", "subject", req.key.Subject())
+	}
+	return Retried, err
+}
+
+// setLocal bounds how long this transaction waits for the row and how long it may sit
+// idle (during the provider call) before PostgreSQL ends it and frees the lock.
+func (c *Consumer) setLocal(ctx context.Context, tx bun.Tx) error {
+	_, err := tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d; SET LOCAL idle_in_transaction_session_timeout = %d",
+		c.cfg.LockTimeout.Milliseconds(), c.cfg.idleInTxTimeout().Milliseconds()))
+	if err != nil {
+		return fmt.Errorf("set transaction timeouts: %w", err)
+	}
+	return nil
+}
+
+// lockCredential selects the row FOR UPDATE, through tx: the lock, not a later check,
+// is what stops two writers from both starting from the same refresh token.
+func lockCredential(ctx context.Context, tx bun.IDB, key model.Key) (*model.Credential, error) {
+	cred := new(model.Credential)
+	err := tx.NewSelect().Model(cred).
+		Where("id = ?", key.ID).
+		Where("service = ?", key.Service).
+		For("UPDATE").
+		Scan(ctx)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+			return nil, fmt.Errorf("lock credential %d: %w", key.ID, ErrLockTimeout)
+		}
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("lock credential %d: %w", key.ID, err)
+	}
+	return cred, nil
+}
+
+// writeToken stores a refresh's result: only the token columns and bookkeeping, so
+// concurrent application writes to other columns survive.
+func writeToken(ctx context.Context, tx bun.IDB, cred *model.Credential, tok provider.Token, began time.Time, ttl time.Duration) error {
+	refreshToken := tok.RefreshToken
+	if refreshToken == "" {
+		refreshToken = cred.RefreshToken // the provider did not rotate
+	}
+	expires := tok.Expiry
+	if expires.IsZero() {
+		expires = began.Add(ttl)
+	}
+	res, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+		Set("access_token = ?", tok.AccessToken).
+		Set("refresh_token = ?", refreshToken).
+		Set("expires_at = ?", expires).
+		Set("refreshed_at = ?", began).
+		Set("version = version + 1").
+		Set("failures = 0").
+		Set("last_error = NULL").
+		Set("updated_at = now()").
+		Where("id = ?", cred.ID).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("write credential %d: %w", cred.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("write credential %d: %d rows updated", cred.ID, n)
+	}
+	return nil
+}
+
+// markReauth records that the provider refused the grant for good.
+func markReauth(ctx context.Context, tx bun.IDB, id int64, reason string) error {
+	_, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+		Set("status = ?", model.StatusReauthRequired).
+		Set("failures = failures + 1").
+		Set("last_error = ?", reason).
+		Set("updated_at = now()").
+		Where("id = ?", id).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("mark credential %d reauth_required: %w", id, err)
+	}
+	return nil
+}
+
+// recordFailure counts a failed attempt in its own short transaction, after the
+// refresh transaction rolled back. It touches no token column, so it cannot undo a
+// refresh that another process committed meanwhile.
+func (c *Consumer) recordFailure(key model.Key, reason string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+5*time.Second)
+	defer cancel()
+	return c.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", c.cfg.LockTimeout.Milliseconds())); err != nil {
+			return err
+		}
+		_, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+			Set("failures = failures + 1").
+			Set("last_error = ?", reason).
+			Set("updated_at = now()").
+			Where("id = ?", key.ID).
+			Where("service = ?", key.Service).
+			Exec(ctx)
+		return err
+	})
+}

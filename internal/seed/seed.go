@@ -1,0 +1,60 @@
+// Package seed inserts demo credentials whose tokens the fake provider accepts.
+package seed
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/provider/fake"
+)
+
+// Lineage is the fake provider's name for the credential of account at service.
+func Lineage(service string, accountID int64) string {
+	return service + "-" + strconv.FormatInt(accountID, 10)
+}
+
+// Insert adds count active credentials for service, with account ids following the
+// highest one already present, access tokens expiring in expiresIn, and gen-0 tokens
+// the fake provider adopts on first use. It returns the number inserted.
+func Insert(ctx context.Context, db bun.IDB, service string, count int, expiresIn time.Duration) (int, error) {
+	if err := model.ValidateService(service); err != nil {
+		return 0, err
+	}
+	if count < 1 {
+		return 0, fmt.Errorf("count %d: must be at least 1", count)
+	}
+	var maxAccount int64
+	if err := db.NewSelect().Model((*model.Credential)(nil)).
+		ColumnExpr("coalesce(max(account_id), 0)").
+		Where("service = ?", service).Scan(ctx, &maxAccount); err != nil {
+		return 0, fmt.Errorf("find highest %s account id: %w", service, err)
+	}
+	const batch = 1000
+	expires := time.Now().Add(expiresIn)
+	inserted := 0
+	for inserted < count {
+		n := min(batch, count-inserted)
+		rows := make([]model.Credential, n)
+		for i := range rows {
+			account := maxAccount + int64(inserted+i+1)
+			access, refresh := fake.SeedTokens(Lineage(service, account))
+			rows[i] = model.Credential{
+				AccountID: account, Service: service,
+				AccessToken: access, RefreshToken: refresh,
+				ExpiresAt: expires, Status: model.StatusActive,
+			}
+		}
+		if _, err := db.NewInsert().Model(&rows).
+			ExcludeColumn("id", "created_at", "updated_at", "refreshed_at", "last_error").
+			Exec(ctx); err != nil {
+			return inserted, fmt.Errorf("insert %s credentials: %w", service, err)
+		}
+		inserted += n
+	}
+	return inserted, nil
+}

@@ -1,0 +1,39 @@
+package model
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+)
+
+// Open connects to PostgreSQL at url through pgx and returns a Bun handle whose pool
+// holds at most maxConns connections (0: database/sql's default, unlimited). It pings
+// before returning so a wrong URL fails here, not on the first message.
+func Open(ctx context.Context, url string, maxConns int) (*bun.DB, error) {
+	cfg, err := parseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	sqldb := stdlib.OpenDB(*cfg)
+	if maxConns > 0 {
+		sqldb.SetMaxOpenConns(maxConns)
+		sqldb.SetMaxIdleConns(maxConns)
+	}
+	sqldb.SetConnMaxIdleTime(5 * time.Minute)
+	db := bun.NewDB(sqldb, pgdialect.New())
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pingCtx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w", RedactURL(url), err)
+	}
+	return db, nil
+}
+
+// Stats exposes pool statistics (used by health checks and tests).
+func Stats(db *bun.DB) sql.DBStats { return db.DB.Stats() }
