@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/refresher/refresher/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// runCLI runs one command line in-process and returns its exit code and output.
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, cmd := range []string{"", "migrate", "seed", "publish", "consume", "config", "fake-provider", "demo", "verify"} {
+		t.Run(cmd, func(t *testing.T) {
+			args := []string{"--help"}
+			if cmd != "" {
+				args = []string{cmd, "--help"}
+			}
+			code, out, _ := runCLI(t, args...)
+			if code != 0 || !strings.Contains(out, "Usage:") {
+				t.Fatalf("%s --help: exit %d, output %q", cmd, code, out)
+			}
+		})
+	}
+}
+
+// TestBadConfiguration: a missing or invalid variable stops the command with exit 2
+// and a message that names the variable, without echoing secrets.
+func TestBadConfiguration(t *testing.T) {
+	base := map[string]string{
+		"DATABASE_URL":                    "postgres://u@127.0.0.1:1/x?sslmode=disable",
+		"NATS_URL":                        "nats://127.0.0.1:1",
+		"REFRESHER_SERVICES":              "github",
+		"REFRESHER_GITHUB_TOKEN_URL":      "http://127.0.0.1:1/token",
+		"REFRESHER_GITHUB_CLIENT_ID":      "id",
+		"REFRESHER_GITHUB_CLIENT_SECRET":  "s3cr3t-value",
+		"REFRESHER_LOG_LEVEL":             "info",
+		"REFRESHER_GITHUB_AUTH_STYLE":     "header",
+		"REFRESHER_CONCURRENCY":           "8",
+		"REFRESHER_PROVIDER_TIMEOUT":      "5s",
+		"REFRESHER_STREAM_REPLICAS":       "1",
+		"REFRESHER_PUBLISH_MAX_IN_FLIGHT": "10",
+	}
+	tests := []struct {
+		name  string
+		args  []string
+		set   map[string]string
+		unset []string
+		want  string
+	}{
+		{"concurrency not a number", []string{"consume"}, map[string]string{"REFRESHER_CONCURRENCY": "lots"}, nil, `REFRESHER_CONCURRENCY="lots": not a valid whole number`},
+		{"concurrency zero", []string{"consume"}, map[string]string{"REFRESHER_CONCURRENCY": "0"}, nil, "REFRESHER_CONCURRENCY=0"},
+		{"ack wait below provider timeout", []string{"consume"}, map[string]string{"REFRESHER_ACK_WAIT": "1s"}, nil, "REFRESHER_ACK_WAIT=1s: must exceed REFRESHER_PROVIDER_TIMEOUT"},
+		{"backoff not durations", []string{"consume"}, map[string]string{"REFRESHER_BACKOFF": "1s,soon"}, nil, "REFRESHER_BACKOFF"},
+		{"no services", []string{"consume"}, nil, []string{"REFRESHER_SERVICES"}, "REFRESHER_SERVICES is not set"},
+		{"bad service name", []string{"consume"}, map[string]string{"REFRESHER_SERVICES": "GitHub"}, nil, "REFRESHER_SERVICES: bad service name"},
+		{"missing token url", []string{"consume"}, nil, []string{"REFRESHER_GITHUB_TOKEN_URL"}, "REFRESHER_GITHUB_TOKEN_URL is required"},
+		{"bad token url", []string{"consume"}, map[string]string{"REFRESHER_GITHUB_TOKEN_URL": "token-endpoint"}, nil, `REFRESHER_GITHUB_*: token URL "token-endpoint"`},
+		{"bad auth style", []string{"consume"}, map[string]string{"REFRESHER_GITHUB_AUTH_STYLE": "auto"}, nil, `REFRESHER_GITHUB_AUTH_STYLE="auto"`},
+		{"dashed service", []string{"consume"}, map[string]string{"REFRESHER_SERVICES": "my-svc"}, nil, "REFRESHER_MY_SVC_TOKEN_URL is required"},
+		{"no database url", []string{"migrate"}, nil, []string{"DATABASE_URL"}, "DATABASE_URL is not set"},
+		{"bad database url", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@host:notaport/db"}, nil, "DATABASE_URL"},
+		{"bad log level", []string{"config"}, map[string]string{"REFRESHER_LOG_LEVEL": "loud"}, nil, `REFRESHER_LOG_LEVEL="loud"`},
+		{"bad log format", []string{"config"}, map[string]string{"REFRESHER_LOG_FORMAT": "xml"}, nil, `REFRESHER_LOG_FORMAT="xml"`},
+		{"bad replicas", []string{"publish", "--service", "github"}, map[string]string{"REFRESHER_STREAM_REPLICAS": "7"}, nil, "REFRESHER_STREAM_REPLICAS=7"},
+		{"bad publish window", []string{"publish", "--service", "github"}, map[string]string{"REFRESHER_PUBLISH_WINDOW": "15"}, nil, "REFRESHER_PUBLISH_WINDOW"},
+		{"window above dedupe window", []string{"publish", "--service", "github", "--window", "1h"}, nil, nil, "publish window 1h0m0s exceeds REFRESHER_STREAM_DUPLICATE_WINDOW"},
+		{"bad service flag", []string{"publish", "--service", "Git Hub"}, nil, nil, "--service: bad service name"},
+		{"bad ids flag", []string{"publish", "--service", "github", "--ids", "1,x"}, nil, nil, `--ids: id "x"`},
+		{"missing service flag", []string{"publish"}, nil, nil, `required flag(s) "service"`},
+		{"unknown flag", []string{"consume", "--fast"}, nil, nil, "unknown flag: --fast"},
+		{"bad concurrency flag", []string{"consume", "--concurrency", "0"}, nil, nil, "REFRESHER_CONCURRENCY=0"},
+		{"seed bad count", []string{"seed", "--service", "github", "--count", "0"}, nil, nil, "--count 0"},
+		{"unknown command", []string{"refresh-all"}, nil, nil, "unknown command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range base {
+				t.Setenv(k, v)
+			}
+			for k, v := range tt.set {
+				t.Setenv(k, v)
+			}
+			for _, k := range tt.unset {
+				t.Setenv(k, "")
+			}
+			code, _, stderr := runCLI(t, tt.args...)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %q", code, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Fatalf("stderr %q does not contain %q", stderr, tt.want)
+			}
+			for _, secret := range []string{"s3cr3t-value", "hunter2"} {
+				if strings.Contains(stderr, secret) {
+					t.Fatalf("stderr shows a secret: %q", stderr)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigPrintsEveryVariable: `refresher config` lists each variable with its
+// default and current value, secrets masked.
+func TestConfigPrintsEveryVariable(t *testing.T) {
+	t.Setenv("REFRESHER_SERVICES", "github,my-svc")
+	t.Setenv("REFRESHER_GITHUB_CLIENT_SECRET", "s3cr3t-value")
+	t.Setenv("DATABASE_URL", "postgres://app:hunter2@db:5432/app")
+	t.Setenv("REFRESHER_CONCURRENCY", "12")
+	code, out, stderr := runCLI(t, "config")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"DATABASE_URL", "NATS_URL", "nats://127.0.0.1:4222", "REFRESHER_CONCURRENCY", "12",
+		"REFRESHER_ACK_WAIT", "REFRESHER_MAX_DELIVER", "REFRESHER_BACKOFF", "REFRESHER_LOCK_TIMEOUT",
+		"REFRESHER_STREAM_REPLICAS", "REFRESHER_STREAM_MAX_AGE", "72h", "REFRESHER_STREAM_DUPLICATE_WINDOW",
+		"REFRESHER_GITHUB_TOKEN_URL", "REFRESHER_GITHUB_CLIENT_SECRET", "REFRESHER_MY_SVC_AUTH_STYLE",
+		"REFRESHER_LOG_FORMAT", "REFRESHER_PUBLISH_WINDOW", "****", "postgres://app:xxxxx@db:5432/app",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config output lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "s3cr3t-value") || strings.Contains(out, "hunter2") {
+		t.Fatalf("config output shows a secret:\n%s", out)
+	}
+}

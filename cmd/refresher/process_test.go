@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/model"
+)
+
+// buildBinary compiles refresher once per test process.
+var buildBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "refresher-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "refresher")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// proc is a refresher subprocess with its output captured.
+type proc struct {
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr lockedBuffer
+	done   chan error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func start(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: exec.Command(bin, args...), done: make(chan error, 1)}
+	p.cmd.Env = env
+	p.cmd.Stdout = &p.stdout
+	p.cmd.Stderr = &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// wait returns the exit code, failing the test if the process outlives timeout.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err // keep it for the cleanup
+		if err == nil {
+			return 0
+		}
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		t.Fatalf("%v: %v", p.cmd.Args, err)
+	case <-time.After(timeout):
+		t.Fatalf("%v still running after %s\nstderr:\n%s", p.cmd.Args, timeout, p.stderr.String())
+	}
+	return -1
+}
+
+func (p *proc) run(t *testing.T) (int, string) {
+	t.Helper()
+	code := p.wait(t, 2*time.Minute)
+	return code, p.stdout.String() + p.stderr.String()
+}
+
+// tokenRE matches any token the fake provider issues.
+var tokenRE = regexp.MustCompile(`\b(rt|at)\.[a-z0-9_-]+\.[0-9]+\.[A-Za-z0-9_-]{8,}`)
+
+// TestProcessesEndToEnd is the story of the README run by hand, through separate
+// processes: migrate, three consumers, both services' publishers started at the same
+// moment, extra requests and garbage from a plain NATS client, one consumer killed
+// with SIGKILL half-way and restarted, then SIGTERM to all. Every credential must hold
+// the refresh token its provider issued last, no replaced token may reach the provider,
+// the garbage must be in REFRESH_DLQ, no token may appear in any output, and every
+// consumer must exit 0 on SIGTERM.
+func TestProcessesEndToEnd(t *testing.T) {
+	if _, err := buildBinary(); err != nil {
+		t.Fatal(err)
+	}
+	// A process killed after the provider rotated a token but before its commit takes
+	// the only copy of the new token with it; real providers answer that with a reuse
+	// interval for the just-replaced token, and so does the fake here. A grace hit is
+	// not counted as a replaced token sent; a token older than that still is.
+	fx := fleettest.New(t, fleettest.Options{Latency: 15 * time.Millisecond, Grace: 30 * time.Second})
+	env := append(os.Environ(),
+		"DATABASE_URL="+fx.DBURL,
+		"NATS_URL="+fx.NATS.URL(),
+		"REFRESHER_SERVICES=github,google",
+		"REFRESHER_LOG_FORMAT=json",
+		"REFRESHER_CONCURRENCY=8",
+		"REFRESHER_ACK_WAIT=4s",
+		"REFRESHER_PROVIDER_TIMEOUT=2s",
+		"REFRESHER_DRAIN_TIMEOUT=6s",
+		"REFRESHER_BACKOFF=50ms,100ms,200ms",
+	)
+	for _, s := range []string{"github", "google"} {
+		up := strings.ToUpper(s)
+		env = append(env,
+			"REFRESHER_"+up+"_TOKEN_URL="+fx.FakeURL+"/"+s+"/token",
+			"REFRESHER_"+up+"_CLIENT_ID=test-client",
+			"REFRESHER_"+up+"_CLIENT_SECRET=test-secret",
+		)
+	}
+	var outputs []*proc
+	mustRun := func(args ...string) string {
+		t.Helper()
+		p := start(t, env, args...)
+		outputs = append(outputs, p)
+		code, out := p.run(t)
+		if code != 0 {
+			t.Fatalf("refresher %v: exit %d\n%s", args, code, out)
+		}
+		return out
+	}
+
+	mustRun("migrate")
+	const perService = 150
+	mustRun("seed", "--service", "github", "--count", fmt.Sprint(perService))
+	mustRun("seed", "--service", "google", "--count", fmt.Sprint(perService))
+
+	consumers := make([]*proc, 3)
+	for i := range consumers {
+		consumers[i] = start(t, env, "consume")
+		outputs = append(outputs, consumers[i])
+	}
+	for i, c := range consumers {
+		fleettest.Eventually(t, 30*time.Second, fmt.Sprintf("consumer %d bound", i), func() bool {
+			return strings.Contains(c.stderr.String(), `"msg":"consuming"`)
+		})
+	}
+
+	// Both services' schedules, each run twice at the same moment.
+	var pubs []*proc
+	for _, s := range []string{"github", "google", "github", "google"} {
+		p := start(t, env, "publish", "--service", s, "--expiring-within", "30m")
+		pubs = append(pubs, p)
+		outputs = append(outputs, p)
+	}
+	published, duplicates := 0, 0
+	for _, p := range pubs {
+		code, out := p.run(t)
+		if code != 0 {
+			t.Fatalf("publish: exit %d\n%s", code, out)
+		}
+		var svc string
+		var pub, dup, failed int
+		if _, err := fmt.Sscanf(strings.TrimSpace(p.stdout.String()), "service=%s published=%d duplicate=%d failed=%d", &svc, &pub, &dup, &failed); err != nil {
+			t.Fatalf("publish output %q: %v", p.stdout.String(), err)
+		}
+		published += pub
+		duplicates += dup
+	}
+	if published != 2*perService || duplicates != 2*perService {
+		t.Fatalf("published %d, duplicates %d: want each row published once", published, duplicates)
+	}
+
+	// Any NATS client can ask, and send garbage.
+	nc, err := nats.Connect(fx.NATS.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	garbage := []string{"refresh.github.x", "refresh.nosuch.1", "refresh.github.-5", "refresh.google"}
+	for _, g := range garbage {
+		if err := nc.Publish(g, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id := int64(1); id <= 20; id++ {
+		if err := nc.Publish(model.Key{Service: "github", ID: id}.Subject(), []byte(`{"reason":"user clicked refresh"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Half-way, one consumer dies without warning and comes back.
+	fleettest.Eventually(t, time.Minute, "a third of the rows refreshed", func() bool {
+		return fx.Fake.Stats().Rotations >= 2*perService/3
+	})
+	if err := consumers[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := consumers[0].wait(t, 10*time.Second); code != -1 && code != 137 && code != 0 {
+		t.Logf("killed consumer exit code %d", code)
+	}
+	consumers[0] = start(t, env, "consume")
+	outputs = append(outputs, consumers[0])
+
+	fx.WaitIdle(2 * time.Minute)
+	for i, c := range consumers {
+		if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := c.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("consumer %d exit %d on SIGTERM\n%s", i, code, c.stderr.String())
+		}
+	}
+
+	out := mustRun("verify", "--provider", fx.FakeURL)
+	if !strings.Contains(out, "OK: every credential") {
+		t.Fatalf("verify: %s", out)
+	}
+	rep := fx.Verify()
+	if rep.Rows != 2*perService {
+		t.Fatalf("verified %d rows", rep.Rows)
+	}
+	var unrefreshed int
+	if err := fx.DB.NewSelect().Model((*model.Credential)(nil)).ColumnExpr("count(*)").Where("refreshed_at IS NULL").
+		Scan(context.Background(), &unrefreshed); err != nil || unrefreshed != 0 {
+		t.Fatalf("%d credentials never refreshed (%v)", unrefreshed, err)
+	}
+	dls := fx.DeadLetters()
+	if len(dls) != len(garbage) {
+		t.Fatalf("%d dead letters, want %d: %+v", len(dls), len(garbage), dls)
+	}
+	for _, p := range outputs {
+		all := p.stdout.String() + p.stderr.String()
+		if m := tokenRE.FindString(all); m != "" {
+			t.Fatalf("a token value appears in the output of %v", p.cmd.Args)
+		}
+	}
+	t.Logf("provider: %d calls, %d rotations, %d grace hits after the SIGKILL", fx.Fake.Stats().Calls, fx.Fake.Stats().Rotations, fx.Fake.Stats().GraceHits)
+	if m := tokenRE.FindString(fx.Logs()); m != "" {
+		t.Fatalf("a token value appears in the fake provider's logs")
+	}
+}

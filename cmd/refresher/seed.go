@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/refresher/refresher/internal/seed"
+	"github.com/refresher/refresher/model"
+)
+
+func seedCmd(e *env) *cobra.Command {
+	var (
+		service   string
+		count     int
+		expiresIn time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "seed --service S --count N",
+		Short: "Insert N demo credentials for a service, with tokens the fake provider accepts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := model.ValidateService(service); err != nil {
+				return usageError{fmt.Errorf("--service: %w", err)}
+			}
+			if count < 1 {
+				return usageError{fmt.Errorf("--count %d: must be at least 1", count)}
+			}
+			db, err := openDB(cmd.Context(), 2)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			n, err := seed.Insert(cmd.Context(), db, service, count, expiresIn)
+			fmt.Fprintf(e.stdout, "inserted %d %s credentials\n", n, service)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&service, "service", "", "service name (required)")
+	cmd.Flags().IntVar(&count, "count", 0, "number of credentials to insert (required)")
+	cmd.Flags().DurationVar(&expiresIn, "expires-in", 10*time.Minute, "access tokens expire this long from now")
+	_ = cmd.MarkFlagRequired("service")
+	_ = cmd.MarkFlagRequired("count")
+	return cmd
+}

@@ -1,0 +1,9 @@
+package consumer_test
+
+import (
+	"testing"
+
+	"github.com/refresher/refresher/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }

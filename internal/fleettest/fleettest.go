@@ -1,0 +1,308 @@
+// Package fleettest assembles the real parts a consumer fleet runs on, for tests: a
+// fresh PostgreSQL database, an in-process nats-server, the fake provider as oracle,
+// consumers started and stopped with the test.
+package fleettest
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/consumer"
+	"github.com/refresher/refresher/internal/natsconn"
+	"github.com/refresher/refresher/internal/natsserver"
+	"github.com/refresher/refresher/internal/natstest"
+	"github.com/refresher/refresher/internal/pgtest"
+	"github.com/refresher/refresher/internal/seed"
+	"github.com/refresher/refresher/internal/verify"
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/provider"
+	"github.com/refresher/refresher/provider/fake"
+	"github.com/refresher/refresher/publisher"
+)
+
+// Options shape an Env.
+type Options struct {
+	Services []string      // default github, google
+	Latency  time.Duration // fake provider latency
+	Grace    time.Duration // fake provider reuse grace
+	PoolSize int           // database pool (default 64)
+}
+
+// Env is one test's world.
+type Env struct {
+	t        testing.TB
+	DB       *bun.DB
+	DBURL    string
+	NATS     *natsserver.Server
+	Fake     *fake.Provider
+	FakeURL  string
+	Services []string
+	logs     *syncBuffer
+	Log      *slog.Logger
+}
+
+// New starts everything an Env holds; t.Cleanup stops it.
+func New(t testing.TB, o Options) *Env {
+	t.Helper()
+	if len(o.Services) == 0 {
+		o.Services = []string{"github", "google"}
+	}
+	if o.PoolSize == 0 {
+		o.PoolSize = 64
+	}
+	_, url := pgtest.NewDB(t)
+	db, err := model.Open(context.Background(), url, o.PoolSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	fp := fake.New(fake.Options{ClientID: "test-client", ClientSecret: "test-secret", Latency: o.Latency, GracePeriod: o.Grace, Logger: log})
+	fpURL, stop, err := fp.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop(context.Background()) })
+	return &Env{
+		t: t, DB: db, DBURL: url, NATS: natstest.Start(t), Fake: fp, FakeURL: fpURL,
+		Services: o.Services, logs: logs, Log: log,
+	}
+}
+
+// Logs returns everything logged through Log so far.
+func (e *Env) Logs() string { return e.logs.String() }
+
+// Config is a consumer configuration with delays scaled down for tests.
+func (e *Env) Config() consumer.Config {
+	c := consumer.DefaultConfig()
+	c.Concurrency = 8
+	c.AckWait = 10 * time.Second
+	c.ProviderTimeout = 5 * time.Second
+	c.DrainTimeout = 8 * time.Second
+	c.LockTimeout = 2 * time.Second
+	c.Backoff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
+	return c
+}
+
+// Providers returns real OAuth2 clients for each service, pointed at the fake.
+func (e *Env) Providers(timeout time.Duration) map[string]provider.Refresher {
+	out := map[string]provider.Refresher{}
+	for _, s := range e.Services {
+		r, err := provider.NewOAuth2(provider.Config{
+			TokenURL: e.FakeURL + "/" + s + "/token", ClientID: "test-client", ClientSecret: "test-secret",
+			AuthStyle: provider.AuthStyleHeader, Timeout: timeout,
+		})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out[s] = r
+	}
+	return out
+}
+
+// Conn opens a NATS connection closed with the test.
+func (e *Env) Conn() *nats.Conn {
+	e.t.Helper()
+	nc, err := natsconn.Connect(e.NATS.URL(), e.t.Name(), e.Log)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(nc.Close)
+	return nc
+}
+
+// JS returns a JetStream context on a new connection.
+func (e *Env) JS() jetstream.JetStream {
+	js, err := jetstream.New(e.Conn())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return js
+}
+
+// Running is a consumer started by StartConsumer.
+type Running struct {
+	*consumer.Consumer
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+// Stop cancels the consumer's context (as SIGTERM does) and returns Run's result.
+func (r *Running) Stop() error {
+	r.once.Do(func() {
+		r.cancel()
+		r.err = <-r.done
+	})
+	return r.err
+}
+
+// Done is closed-ish: it delivers Run's result if Run returns on its own.
+func (r *Running) Done() <-chan error { return r.done }
+
+// StartConsumer runs a consumer on its own NATS connection until the test ends (or
+// Stop), and waits until it is bound to the durable.
+func (e *Env) StartConsumer(cfg consumer.Config, opts ...consumer.Option) *Running {
+	e.t.Helper()
+	c, err := consumer.New(e.DB, e.Conn(), e.Providers(cfg.ProviderTimeout), cfg, append([]consumer.Option{consumer.WithLogger(e.Log)}, opts...)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Running{Consumer: c, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- c.Run(ctx) }()
+	e.t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			e.t.Errorf("consumer stop: %v", err)
+		}
+	})
+	select {
+	case <-c.Ready():
+	case err := <-r.done:
+		e.t.Fatalf("consumer exited before binding: %v", err)
+	case <-time.After(30 * time.Second):
+		e.t.Fatal("consumer did not bind within 30s")
+	}
+	return r
+}
+
+// Seed inserts n credentials for service and returns their ids in order.
+func (e *Env) Seed(service string, n int) []int64 {
+	e.t.Helper()
+	ctx := context.Background()
+	if _, err := seed.Insert(ctx, e.DB, service, n, 10*time.Minute); err != nil {
+		e.t.Fatal(err)
+	}
+	var ids []int64
+	if err := e.DB.NewSelect().Model((*model.Credential)(nil)).Column("id").
+		Where("service = ?", service).OrderExpr("id").Scan(ctx, &ids); err != nil {
+		e.t.Fatal(err)
+	}
+	return ids[len(ids)-n:]
+}
+
+// Publisher returns a publisher on a new connection, with the streams created.
+func (e *Env) Publisher(opts ...publisher.Option) *publisher.Publisher {
+	e.t.Helper()
+	p, err := publisher.New(e.Conn(), append([]publisher.Option{publisher.WithLogger(e.Log)}, opts...)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := publisher.EnsureStreams(context.Background(), p.JetStream(), publisher.DefaultStreamConfig()); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// WaitIdle waits (at most timeout) until the fleet has finished every request.
+func (e *Env) WaitIdle(timeout time.Duration) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := consumer.WaitIdle(ctx, e.JS(), 20*time.Millisecond); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// Verify checks every row against the fake provider and fails the test on any loss,
+// any reauth_required row, or any replaced token sent.
+func (e *Env) Verify() verify.Report {
+	e.t.Helper()
+	rep, err := verify.Check(context.Background(), e.DB, verify.Local{P: e.Fake})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !rep.OK() {
+		e.t.Fatalf("verification failed: %s\n%v", rep, rep.Examples)
+	}
+	return rep
+}
+
+// Credential reads one row.
+func (e *Env) Credential(id int64) *model.Credential {
+	e.t.Helper()
+	c := new(model.Credential)
+	if err := e.DB.NewSelect().Model(c).Where("id = ?", id).Scan(context.Background()); err != nil {
+		e.t.Fatalf("read credential %d: %v", id, err)
+	}
+	return c
+}
+
+// DeadLetter is one message of REFRESH_DLQ.
+type DeadLetter struct {
+	Subject    string
+	Original   string
+	Reason     string
+	Deliveries string
+	Data       []byte
+}
+
+// DeadLetters reads every message in REFRESH_DLQ.
+func (e *Env) DeadLetters() []DeadLetter {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js := e.JS()
+	s, err := js.Stream(ctx, publisher.DLQStream)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []DeadLetter
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			e.t.Fatalf("read dead letter %d: %v", seq, err)
+		}
+		out = append(out, DeadLetter{
+			Subject: m.Subject, Original: m.Header.Get(consumer.HeaderOriginalSubject),
+			Reason: m.Header.Get(consumer.HeaderReason), Deliveries: m.Header.Get(consumer.HeaderDeliveries), Data: m.Data,
+		})
+	}
+	return out
+}
+
+// Eventually polls cond until it holds or timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		case <-tick.C:
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

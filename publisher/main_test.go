@@ -1,0 +1,9 @@
+package publisher_test
+
+import (
+	"testing"
+
+	"github.com/refresher/refresher/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
