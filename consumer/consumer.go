@@ -31,6 +31,7 @@ type Consumer struct {
 	log       *slog.Logger
 	now       func() time.Time
 	stats     counters
+	observer  Observer
 	naive     bool // test-only: the unlocked read-call-write path the lock exists to prevent
 
 	stopOnce sync.Once
@@ -80,6 +81,7 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 		js:        js,
 		providers: providers,
 		log:       slog.Default(),
+		observer:  nopObserver{},
 		now:       time.Now,
 		stopping:  make(chan struct{}),
 		ready:     make(chan struct{}),

@@ -49,23 +49,26 @@ func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, 
 	return dl
 }
 
-// deadLetter copies msg to REFRESH_DLQ, then terminates it. The copy is stored first:
-// if that fails the message is nak'ed, never terminated without a copy.
-func (c *Consumer) deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata, kind Outcome, reason string, log *slog.Logger) {
-	dl := DeadLetterMsg(msg.Subject(), msg.Data(), msg.Headers(), string(kind)+": "+reason, meta.NumDelivered, meta.Sequence.Stream)
+// deadLetter copies msg to REFRESH_DLQ, then terminates it, and returns kind. The
+// copy is stored first: if that fails the message is nak'ed (outcome Retried), never
+// terminated without a copy.
+func (c *Consumer) deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata, kind Outcome, cause error, log *slog.Logger) Outcome {
+	reason := cause.Error()
+	if kind == Malformed {
+		reason = "malformed: " + reason
+	} else {
+		reason = "retried: " + reason
+	}
+	dl := DeadLetterMsg(msg.Subject(), msg.Data(), msg.Headers(), reason, meta.NumDelivered, meta.Sequence.Stream)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := c.js.PublishMsg(ctx, dl); err != nil {
 		log.Error("dead-letter copy failed; will retry", "reason", reason, "error", err)
 		_ = msg.NakWithDelay(c.cfg.backoff(meta.NumDelivered, 0))
-		return
+		return Retried
 	}
 	_ = msg.TermWithReason(headerSafe(reason))
-	if kind == Malformed {
-		c.stats.add(Malformed)
-	}
-	c.stats.add(DeadLettered)
-	log.Warn("dead-lettered", "kind", kind, "reason", reason)
+	return kind
 }
 
 // headerSafe keeps a reason on one printable line of bounded length.

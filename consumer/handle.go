@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,9 +53,12 @@ func parseRequest(subject string, data []byte, header string, hasHeader bool, st
 	return request{key: key, requestedAt: at, reason: body.Reason}, nil
 }
 
-// handle takes one message to exactly one of ack, nak with delay, or terminate.
+// handle takes one message to exactly one of ack, nak with delay, or terminate, and
+// logs and counts the outcome once.
 func (c *Consumer) handle(msg jetstream.Msg) {
 	start := time.Now()
+	c.observer.InFlight(1)
+	defer c.observer.InFlight(-1)
 	meta, err := msg.Metadata()
 	if err != nil {
 		// Not a JetStream delivery: nothing to ack or redeliver.
@@ -62,7 +66,33 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		return
 	}
 	log := c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
+	outcome, key, err := c.process(msg, meta, log)
+	d := time.Since(start)
+	c.stats.add(outcome)
+	c.observer.MessageDone(key.Service, outcome, d)
+	if key.ID != 0 {
+		log = log.With("service", key.Service, "id", key.ID)
+	}
+	log = log.With("outcome", outcome, "duration", d.Round(time.Microsecond))
+	switch outcome {
+	case Refreshed, SkippedFresh, SkippedReauth:
+		log.Info("done")
+	case NotFound:
+		log.Info("no such credential (deleted?)")
+	case ReauthRequired:
+		log.Warn("provider refused the grant; credential needs the user to sign in again", "error", err)
+	case Interrupted:
+		log.Info("shutting down before the provider call; returned to the stream")
+	case Retried:
+		log.Warn("will retry", "error", err)
+	case Malformed, DeadLettered:
+		log.Warn("dead-lettered", "reason", err)
+	}
+}
 
+// process parses, refreshes and settles one message. It returns the outcome, the
+// credential (zero when the request did not parse) and the error behind a failure.
+func (c *Consumer) process(msg jetstream.Msg, meta *jetstream.MsgMetadata, log *slog.Logger) (Outcome, model.Key, error) {
 	hdr := msg.Headers()
 	header, hasHeader := "", false
 	if vals := hdr.Values(model.HeaderRequestedAt); len(vals) > 0 {
@@ -70,20 +100,18 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 	}
 	req, err := parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
 	if err != nil {
-		c.deadLetter(msg, meta, Malformed, err.Error(), log)
-		return
+		return c.deadLetter(msg, meta, Malformed, err, log), model.Key{}, err
 	}
 	prov, ok := c.providers[req.key.Service]
 	if !ok {
-		c.deadLetter(msg, meta, Malformed, fmt.Sprintf("unknown service %q", req.key.Service), log)
-		return
+		err := fmt.Errorf("unknown service %q", req.key.Service)
+		return c.deadLetter(msg, meta, Malformed, err, log), model.Key{}, err
 	}
 
 	stopKeepAlive := c.keepAlive(msg)
 	outcome, err := c.refresh(req, prov, meta.NumDelivered)
 	stopKeepAlive()
 
-	log = log.With("outcome", outcome, "duration", time.Since(start).Round(time.Microsecond))
 	switch outcome {
 	case Refreshed, SkippedFresh, SkippedReauth, NotFound:
 		// Acked only now, after the commit: a crash before this line redelivers, and the
@@ -91,30 +119,19 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		if aerr := msg.DoubleAck(context.Background()); aerr != nil {
 			log.Warn("ack after commit failed; the redelivery will be skipped", "error", aerr)
 		}
-		c.stats.add(outcome)
-		if outcome == NotFound {
-			log.Info("no such credential (deleted?)")
-		} else {
-			log.Info("done")
-		}
 	case ReauthRequired:
 		_ = msg.TermWithReason("invalid_grant")
-		c.stats.add(outcome)
-		log.Warn("provider refused the grant; credential needs the user to sign in again", "error", err)
 	case Interrupted:
 		_ = msg.Nak()
-		c.stats.add(outcome)
-		log.Info("shutting down before the provider call; returned to the stream")
 	default: // Retried
 		if meta.NumDelivered >= uint64(c.cfg.MaxDeliver) {
-			c.deadLetter(msg, meta, Retried, err.Error(), log)
-			return
+			return c.deadLetter(msg, meta, DeadLettered, err, log), req.key, err
 		}
 		delay := c.cfg.backoff(meta.NumDelivered, provider.RetryAfter(err))
 		_ = msg.NakWithDelay(delay)
-		c.stats.add(Retried)
-		log.Warn("will retry", "error", err, "delay", delay)
+		err = fmt.Errorf("%w (retry in %s)", err, delay)
 	}
+	return outcome, req.key, err
 }
 
 // keepAlive tells the server the message is still being worked on, so a slow provider

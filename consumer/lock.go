@@ -37,11 +37,15 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 	}
 	outcome := Retried
 	var provErr error
+	txStart := time.Now()
+	defer func() { c.observer.Transaction(time.Since(txStart)) }()
 	err := c.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		if err := c.setLocal(ctx, tx); err != nil {
 			return err
 		}
+		lockStart := time.Now()
 		cred, err := lockCredential(ctx, tx, req.key)
+		c.observer.LockWait(time.Since(lockStart))
 		if errors.Is(err, sql.ErrNoRows) {
 			outcome = NotFound
 			return errRollback
@@ -66,8 +70,7 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 		// Truncated to what timestamptz stores: rounding up could make the refresh look
 		// later than a request made just after it began.
 		began := c.now().Truncate(time.Microsecond)
-		tok, err := prov.Refresh(ctx, cred.RefreshToken)
-		c.stats.providerCall()
+		tok, err := c.callProvider(ctx, req.key.Service, prov, cred.RefreshToken)
 		switch {
 		case errors.Is(err, provider.ErrInvalidGrant):
 			outcome, provErr = ReauthRequired, err
@@ -98,6 +101,15 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 		c.log.Warn("could not record failure", "subject", req.key.Subject())
 	}
 	return Retried, err
+}
+
+// callProvider makes one token request and measures it.
+func (c *Consumer) callProvider(ctx context.Context, service string, prov provider.Refresher, refreshToken string) (provider.Token, error) {
+	start := time.Now()
+	tok, err := prov.Refresh(ctx, refreshToken)
+	c.stats.providerCall()
+	c.observer.ProviderCall(service, time.Since(start), err)
+	return tok, err
 }
 
 // setLocal bounds how long this transaction waits for the row and how long it may sit

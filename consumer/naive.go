@@ -29,8 +29,7 @@ func (c *Consumer) refreshNaive(ctx context.Context, req request, prov provider.
 		return SkippedFresh, nil
 	}
 	began := c.now().Truncate(time.Microsecond)
-	tok, err := prov.Refresh(ctx, cred.RefreshToken)
-	c.stats.providerCall()
+	tok, err := c.callProvider(ctx, req.key.Service, prov, cred.RefreshToken)
 	if errors.Is(err, provider.ErrInvalidGrant) {
 		return ReauthRequired, markReauth(ctx, c.db, cred.ID, errOf(err))
 	}

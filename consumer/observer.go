@@ -1,0 +1,29 @@
+package consumer
+
+import "time"
+
+// Observer receives measurements of the consumer's work, for metrics. Calls come from
+// many goroutines at once. Service is "" for a message whose subject did not parse.
+type Observer interface {
+	// MessageDone is called once per message handled, with its outcome.
+	MessageDone(service string, outcome Outcome, d time.Duration)
+	// ProviderCall is called after each token request.
+	ProviderCall(service string, d time.Duration, err error)
+	// LockWait is the time spent acquiring a row lock (successful or not).
+	LockWait(d time.Duration)
+	// Transaction is the duration of one refresh transaction, commit included.
+	Transaction(d time.Duration)
+	// InFlight moves the number of messages being handled by delta.
+	InFlight(delta int)
+}
+
+// WithObserver sends measurements to o.
+func WithObserver(o Observer) Option { return func(c *Consumer) { c.observer = o } }
+
+type nopObserver struct{}
+
+func (nopObserver) MessageDone(string, Outcome, time.Duration) {}
+func (nopObserver) ProviderCall(string, time.Duration, error)  {}
+func (nopObserver) LockWait(time.Duration)                     {}
+func (nopObserver) Transaction(time.Duration)                  {}
+func (nopObserver) InFlight(int)                               {}
