@@ -71,11 +71,13 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// txTimeout bounds one message's transaction: the lock wait, the provider call and the
-// write, with room to spare, because once the provider has answered nothing but this
-// deadline may stop the new token from reaching the database.
-func (c Config) txTimeout() time.Duration {
-	return c.LockTimeout + c.ProviderTimeout + 30*time.Second
+// attemptTTL bounds one message's refresh end to end: the lock wait, the provider
+// call, the write, and if that write fails, the salvage of the issued token. Once the
+// provider has answered, nothing but this deadline may stop the new token from
+// reaching the database. It is also how long other consumers defer to an attempt
+// whose transaction vanished (see refresh_attempts).
+func (c Config) attemptTTL() time.Duration {
+	return c.LockTimeout + 2*c.ProviderTimeout + 5*time.Second
 }
 
 // idleInTxTimeout lets PostgreSQL end a transaction whose process vanished mid-call,

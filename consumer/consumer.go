@@ -65,10 +65,11 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 			return nil, fmt.Errorf("REFRESHER_SERVICES: %w", err)
 		}
 	}
-	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max < cfg.Concurrency {
+	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max <= cfg.Concurrency {
 		// Every in-flight message holds a connection idle in its transaction while the
-		// provider answers; a smaller pool turns concurrency into lock-holding waits.
-		return nil, fmt.Errorf("database pool of %d connections is below REFRESHER_CONCURRENCY=%d", max, cfg.Concurrency)
+		// provider answers, and briefly needs a second one to mark its attempt; a pool
+		// without spare connections turns concurrency into lock-holding waits.
+		return nil, fmt.Errorf("database pool of %d connections must exceed REFRESHER_CONCURRENCY=%d", max, cfg.Concurrency)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -128,6 +128,10 @@ func (c *Consumer) process(msg jetstream.Msg, meta *jetstream.MsgMetadata, log *
 			return c.deadLetter(msg, meta, DeadLettered, err, log), req.key, err
 		}
 		delay := c.cfg.backoff(meta.NumDelivered, provider.RetryAfter(err))
+		var pe *pendingError
+		if errors.As(err, &pe) {
+			delay = pe.wait
+		}
 		_ = msg.NakWithDelay(delay)
 		err = fmt.Errorf("%w (retry in %s)", err, delay)
 	}

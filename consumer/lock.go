@@ -30,13 +30,17 @@ var ErrLockTimeout = errors.New("row lock timeout")
 // provider has rotated the token, the only copy of the new one is in this goroutine,
 // and abandoning the write would lose the credential.
 func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint64) (Outcome, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.txTimeout())
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.attemptTTL())
 	defer cancel()
 	if c.naive {
 		return c.refreshNaive(ctx, req, prov)
 	}
 	outcome := Retried
-	var provErr error
+	var (
+		provErr  error
+		marked   *model.Credential // set once an attempt marker is committed
+		answered *answer           // set once the provider has issued a token
+	)
 	txStart := time.Now()
 	defer func() { c.observer.Transaction(time.Since(txStart)) }()
 	err := c.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
@@ -67,6 +71,13 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 			outcome = Interrupted
 			return errStopping
 		}
+		if err := c.checkAttempt(ctx, tx, cred); err != nil {
+			return err
+		}
+		if err := c.markAttempt(ctx, cred); err != nil {
+			return err
+		}
+		marked = cred
 		// Truncated to what timestamptz stores: rounding up could make the refresh look
 		// later than a request made just after it began.
 		began := c.now().Truncate(time.Microsecond)
@@ -74,8 +85,15 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 		switch {
 		case errors.Is(err, provider.ErrInvalidGrant):
 			outcome, provErr = ReauthRequired, err
+			if err := clearAttempt(ctx, tx, cred.ID); err != nil {
+				return err
+			}
 			return markReauth(ctx, tx, cred.ID, errOf(err))
 		case err != nil:
+			return err
+		}
+		answered = &answer{cred: cred, tok: tok, began: began}
+		if err := clearAttempt(ctx, tx, cred.ID); err != nil {
 			return err
 		}
 		if err := writeToken(ctx, tx, cred, tok, began, c.cfg.DefaultTokenTTL); err != nil {
@@ -92,15 +110,84 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 	case errors.Is(err, errStopping):
 		return Interrupted, nil
 	}
-	if outcome == Refreshed {
-		// The provider answered but the commit failed: the rotated token is lost unless
-		// the provider has a reuse grace period. Say so loudly; never print the token.
-		c.log.Error("commit after a successful provider call failed", "subject", req.key.Subject(), "error", err)
+	switch {
+	case answered != nil:
+		// The provider rotated the token but the write or the commit failed (a killed
+		// connection, a database restart): the new token exists only here.
+		serr := c.salvage(ctx, req.key, answered)
+		if serr == nil {
+			c.log.Warn("token saved by a second transaction after the first failed", "subject", req.key.Subject(), "error", err)
+			return Refreshed, nil
+		}
+		// Lost unless the provider has a reuse grace period. Never print the token.
+		c.log.Error("rotated token could not be stored", "subject", req.key.Subject(), "error", err, "salvage_error", serr)
+	case marked != nil:
+		// No token was issued (the provider failed, or the transaction died before it
+		// answered): the marker must not make the next delivery wait.
+		if cerr := clearAttempt(ctx, c.db, marked.ID); cerr != nil {
+			c.log.Warn("could not clear the attempt marker; the next try waits for it to expire", "subject", req.key.Subject(), "error", cerr)
+		}
 	}
 	if c.recordFailure(req.key, errOf(err)) != nil {
 		c.log.Warn("could not record failure", "subject", req.key.Subject())
 	}
 	return Retried, err
+}
+
+// answer is a provider's successful reply, kept until it is committed.
+type answer struct {
+	cred  *model.Credential // the row as locked when the call was made
+	tok   provider.Token
+	began time.Time
+}
+
+// salvage stores a token the provider issued after the transaction that asked for it
+// failed. It retries, with backoff, until ctx ends: a database restart takes seconds.
+//
+// Under a new lock it writes only if the row's version is still the one the call was
+// made from; otherwise another writer committed since, which can only be the same
+// token (through the provider's grace period) or a later one, so nothing is written.
+// A row marked reauth_required meanwhile (another consumer presented the token this
+// call had just replaced) is restored to active, since the token held here is valid.
+func (c *Consumer) salvage(ctx context.Context, key model.Key, a *answer) error {
+	delay := 100 * time.Millisecond
+	for {
+		err := c.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			if err := c.setLocal(ctx, tx); err != nil {
+				return err
+			}
+			cur, err := lockCredential(ctx, tx, key)
+			if err != nil {
+				return err
+			}
+			if err := clearAttempt(ctx, tx, cur.ID); err != nil {
+				return err
+			}
+			if cur.Version != a.cred.Version {
+				return nil
+			}
+			if err := writeToken(ctx, tx, cur, a.tok, a.began, c.cfg.DefaultTokenTTL); err != nil {
+				return err
+			}
+			if cur.Status != model.StatusActive {
+				_, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+					Set("status = ?", model.StatusActive).Where("id = ?", cur.ID).Exec(ctx)
+				return err
+			}
+			return nil
+		})
+		if err == nil || errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (last attempt: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }
 
 // callProvider makes one token request and measures it.

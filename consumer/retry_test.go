@@ -33,7 +33,9 @@ func TestTransientErrorsRetry(t *testing.T) {
 		return true
 	})
 	env.Fake.SetOutage(false)
+	t0 := time.Now()
 	env.WaitIdle(30 * time.Second)
+	t.Logf("idle %s after the outage; %d in-flight waits", time.Since(t0), strings.Count(env.Logs(), "already in flight"))
 	for _, id := range ids {
 		c := env.Credential(id)
 		if c.Version != 1 || c.Failures != 0 || c.LastError != nil {
