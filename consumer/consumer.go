@@ -133,6 +133,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", Durable, err)
 	}
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go func() {
+		if err := c.WatchMaxDeliveries(watchCtx, c.js.Conn()); err != nil {
+			c.log.Error("max-deliveries watch", "error", err)
+		}
+	}()
 	close(c.ready)
 	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "concurrency", c.cfg.Concurrency)
 

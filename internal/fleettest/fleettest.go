@@ -34,6 +34,9 @@ type Options struct {
 	Latency  time.Duration // fake provider latency
 	Grace    time.Duration // fake provider reuse grace
 	PoolSize int           // database pool (default 64)
+	// ClusterSize, when above 1, runs a JetStream cluster of that many in-process
+	// servers instead of one server, with the streams replicated on all of them.
+	ClusterSize int
 }
 
 // Env is one test's world.
@@ -41,7 +44,9 @@ type Env struct {
 	t        testing.TB
 	DB       *bun.DB
 	DBURL    string
-	NATS     *natsserver.Server
+	NATS     *natsserver.Server  // nil when Cluster is set
+	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
+	Streams  publisher.StreamConfig
 	Fake     *fake.Provider
 	FakeURL  string
 	Services []string
@@ -72,10 +77,25 @@ func New(t testing.TB, o Options) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = stop(context.Background()) })
-	return &Env{
-		t: t, DB: db, DBURL: url, NATS: natstest.Start(t), Fake: fp, FakeURL: fpURL,
-		Services: o.Services, logs: logs, Log: log,
+	env := &Env{
+		t: t, DB: db, DBURL: url, Fake: fp, FakeURL: fpURL,
+		Services: o.Services, logs: logs, Log: log, Streams: publisher.DefaultStreamConfig(),
 	}
+	if o.ClusterSize > 1 {
+		env.Cluster = natstest.Cluster(t, o.ClusterSize)
+		env.Streams.Replicas = o.ClusterSize
+	} else {
+		env.NATS = natstest.Start(t)
+	}
+	return env
+}
+
+// NATSURL is where clients connect: the server, or every server of the cluster.
+func (e *Env) NATSURL() string {
+	if e.Cluster != nil {
+		return e.Cluster.URLs()
+	}
+	return e.NATS.URL()
 }
 
 // Logs returns everything logged through Log so far.
@@ -112,7 +132,7 @@ func (e *Env) Providers(timeout time.Duration) map[string]provider.Refresher {
 // Conn opens a NATS connection closed with the test.
 func (e *Env) Conn() *nats.Conn {
 	e.t.Helper()
-	nc, err := natsconn.Connect(e.NATS.URL(), e.t.Name(), e.Log)
+	nc, err := natsconn.Connect(e.NATSURL(), e.t.Name(), e.Log)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -154,7 +174,8 @@ func (r *Running) Done() <-chan error { return r.done }
 // Stop), and waits until it is bound to the durable.
 func (e *Env) StartConsumer(cfg consumer.Config, opts ...consumer.Option) *Running {
 	e.t.Helper()
-	c, err := consumer.New(e.DB, e.Conn(), e.Providers(cfg.ProviderTimeout), cfg, append([]consumer.Option{consumer.WithLogger(e.Log)}, opts...)...)
+	c, err := consumer.New(e.DB, e.Conn(), e.Providers(cfg.ProviderTimeout), cfg,
+		append([]consumer.Option{consumer.WithLogger(e.Log), consumer.WithStreamConfig(e.Streams)}, opts...)...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -198,7 +219,7 @@ func (e *Env) Publisher(opts ...publisher.Option) *publisher.Publisher {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := publisher.EnsureStreams(context.Background(), p.JetStream(), publisher.DefaultStreamConfig()); err != nil {
+	if err := publisher.EnsureStreams(context.Background(), p.JetStream(), e.Streams); err != nil {
 		e.t.Fatal(err)
 	}
 	return p

@@ -116,7 +116,10 @@ func (s *Server) startLocked() error {
 	if !ns.ReadyForConnections(readyTimeout) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
-		return fmt.Errorf("nats-server %s: not ready for connections after %s (port %d in use?)", s.name, readyTimeout, s.port)
+		if s.port != 0 {
+			return fmt.Errorf("nats-server %s: not ready for connections after %s (port %d in use?)", s.name, readyTimeout, s.port)
+		}
+		return fmt.Errorf("nats-server %s: not ready for connections after %s", s.name, readyTimeout)
 	}
 	// A JetStream start failure is only logged by the server; without this check
 	// it would surface later as a confusing "JetStream not enabled" in a client.
