@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/publisher"
 )
 
 // buildBinary compiles refresher once per test process.
@@ -105,6 +107,32 @@ func (p *proc) run(t *testing.T) (int, string) {
 	return code, p.stdout.String() + p.stderr.String()
 }
 
+// processEnv is the environment of refresher subprocesses working on fx.
+func processEnv(fx *fleettest.Env) []string {
+	env := append(os.Environ(),
+		"DATABASE_URL="+fx.DBURL,
+		"NATS_URL="+fx.NATSURL(),
+		"REFRESHER_SERVICES=github,google",
+		"REFRESHER_LOG_FORMAT=json",
+		"REFRESHER_CONCURRENCY=8",
+		"REFRESHER_ACK_WAIT=3s",
+		"REFRESHER_LOCK_TIMEOUT=1s",
+		"REFRESHER_PROVIDER_TIMEOUT=2s",
+		"REFRESHER_DRAIN_TIMEOUT=6s",
+		"REFRESHER_BACKOFF=50ms,100ms,200ms",
+		"REFRESHER_HTTP_ADDR=", // several consumers on one machine: no metrics port
+	)
+	for _, s := range []string{"github", "google"} {
+		up := strings.ToUpper(s)
+		env = append(env,
+			"REFRESHER_"+up+"_TOKEN_URL="+fx.FakeURL+"/"+s+"/token",
+			"REFRESHER_"+up+"_CLIENT_ID=test-client",
+			"REFRESHER_"+up+"_CLIENT_SECRET=test-secret",
+		)
+	}
+	return env
+}
+
 // tokenRE matches any token the fake provider issues.
 var tokenRE = regexp.MustCompile(`\b(rt|at)\.[a-z0-9_-]+\.[0-9]+\.[A-Za-z0-9_-]{8,}`)
 
@@ -124,25 +152,7 @@ func TestProcessesEndToEnd(t *testing.T) {
 	// interval for the just-replaced token, and so does the fake here. A grace hit is
 	// not counted as a replaced token sent; a token older than that still is.
 	fx := fleettest.New(t, fleettest.Options{Latency: 15 * time.Millisecond, Grace: 30 * time.Second})
-	env := append(os.Environ(),
-		"DATABASE_URL="+fx.DBURL,
-		"NATS_URL="+fx.NATS.URL(),
-		"REFRESHER_SERVICES=github,google",
-		"REFRESHER_LOG_FORMAT=json",
-		"REFRESHER_CONCURRENCY=8",
-		"REFRESHER_ACK_WAIT=4s",
-		"REFRESHER_PROVIDER_TIMEOUT=2s",
-		"REFRESHER_DRAIN_TIMEOUT=6s",
-		"REFRESHER_BACKOFF=50ms,100ms,200ms",
-	)
-	for _, s := range []string{"github", "google"} {
-		up := strings.ToUpper(s)
-		env = append(env,
-			"REFRESHER_"+up+"_TOKEN_URL="+fx.FakeURL+"/"+s+"/token",
-			"REFRESHER_"+up+"_CLIENT_ID=test-client",
-			"REFRESHER_"+up+"_CLIENT_SECRET=test-secret",
-		)
-	}
+	env := processEnv(fx)
 	var outputs []*proc
 	mustRun := func(args ...string) string {
 		t.Helper()
@@ -267,4 +277,72 @@ func TestProcessesEndToEnd(t *testing.T) {
 	if m := tokenRE.FindString(fx.Logs()); m != "" {
 		t.Fatalf("a token value appears in the fake provider's logs")
 	}
+}
+
+// TestSIGKILLFleet kills consumer processes with SIGKILL at random moments, several
+// times, during a run of thousands of requests, restarting each. Every request must end
+// satisfied or dead-lettered, every credential must hold the latest token, and no
+// replaced token may reach the provider (a token rotated by a process that died before
+// its commit is recovered through the provider's reuse interval, as with real
+// providers; see README "Crashes and rotating providers").
+func TestSIGKILLFleet(t *testing.T) {
+	if _, err := buildBinary(); err != nil {
+		t.Fatal(err)
+	}
+	fx := fleettest.New(t, fleettest.Options{Latency: 5 * time.Millisecond, Grace: 30 * time.Second})
+	env := processEnv(fx)
+	const rows = 1000
+	ids := fx.Seed("github", rows)
+	consumers := make([]*proc, 3)
+	startConsumer := func(i int) {
+		consumers[i] = start(t, env, "consume")
+		fleettest.Eventually(t, 30*time.Second, "consumer bound", func() bool {
+			return strings.Contains(consumers[i].stderr.String(), `"msg":"consuming"`)
+		})
+	}
+	for i := range consumers {
+		startConsumer(i)
+	}
+	p := fx.Publisher(publisher.WithWindow(0))
+	for range 3 { // 3,000 requests
+		if _, err := p.Publish(context.Background(), "github", ids...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	kills := 0
+	for kills < 5 && fx.Fake.Stats().Rotations < rows {
+		// A random moment: once some more rows have rotated.
+		target := fx.Fake.Stats().Rotations + 20 + rng.IntN(100)
+		fleettest.Eventually(t, time.Minute, "progress between kills", func() bool {
+			return fx.Fake.Stats().Rotations >= min(target, rows)
+		})
+		i := rng.IntN(len(consumers))
+		if err := consumers[i].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		consumers[i].wait(t, 10*time.Second)
+		kills++
+		startConsumer(i)
+	}
+	fx.WaitIdle(3 * time.Minute)
+	for i, c := range consumers {
+		if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := c.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("consumer %d exit %d on SIGTERM", i, code)
+		}
+	}
+	rep := fx.Verify()
+	var unrefreshed int
+	if err := fx.DB.NewSelect().Model((*model.Credential)(nil)).ColumnExpr("count(*)").Where("refreshed_at IS NULL").
+		Scan(context.Background(), &unrefreshed); err != nil || unrefreshed != 0 {
+		t.Fatalf("%d credentials never refreshed (%v)", unrefreshed, err)
+	}
+	if dls := fx.DeadLetters(); len(dls) != 0 {
+		t.Fatalf("%d requests dead-lettered", len(dls))
+	}
+	st := fx.Fake.Stats()
+	t.Logf("%s after %d kills; provider: %d calls, %d grace hits", rep, kills, st.Calls, st.GraceHits)
 }
