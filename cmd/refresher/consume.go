@@ -1,15 +1,28 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
 	"github.com/spf13/cobra"
 
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/config"
+	"github.com/refresher/refresher/internal/metrics"
 	"github.com/refresher/refresher/internal/natsconn"
 )
 
+// httpShutdownTimeout bounds how long a scrape in progress may delay the exit once the
+// consumer has drained.
+const httpShutdownTimeout = 5 * time.Second
+
 func consumeCmd(e *env) *cobra.Command {
-	var concurrency int
+	var (
+		concurrency int
+		httpAddr    string
+	)
 	cmd := &cobra.Command{
 		Use:   "consume",
 		Short: "Run one consumer of the fleet until SIGTERM, then drain and exit 0",
@@ -20,7 +33,13 @@ after the request, call the provider with the current refresh token, write the t
 columns, commit, then acknowledge.
 
 On SIGTERM or SIGINT it stops fetching, finishes what is in flight (a provider call is
-never abandoned), returns unstarted messages to the stream, and exits 0.`,
+never abandoned), returns unstarted messages to the stream, and exits 0.
+
+Unless --http is empty it serves, on that address:
+  /metrics  Prometheus metrics (refresher_messages_total{service,outcome}, ...)
+  /healthz  200 while the process runs
+  /readyz   200 when NATS is connected, the database answers and the consumer is
+            bound; 503 and the reason otherwise (and from SIGTERM on).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Consumer()
@@ -53,6 +72,28 @@ never abandoned), returns unstarted messages to the stream, and exits 0.`,
 			if err != nil {
 				return err
 			}
+			httpCfg, httpSource := config.HTTP{Addr: httpAddr}, "--http"
+			if !cmd.Flags().Changed("http") {
+				if httpCfg, err = config.LoadHTTP(); err != nil {
+					return err
+				}
+				httpSource = "REFRESHER_HTTP_ADDR"
+			} else if err := config.ValidateHTTPAddr(httpAddr); err != nil {
+				return usageError{fmt.Errorf("--http %q: %w", httpAddr, err)}
+			}
+			// Bound before connecting anywhere: a busy or foreign address is a
+			// configuration mistake, reported at once rather than after the dial.
+			var ln net.Listener
+			if httpCfg.Addr != "" {
+				if ln, err = metrics.Listen(httpCfg.Addr); err != nil {
+					return config.Errorf("%s: %w; give each consume process on a host its own address, or set it empty to disable", httpSource, err)
+				}
+				defer func() {
+					if ln != nil {
+						_ = ln.Close()
+					}
+				}()
+			}
 			db, err := openDB(cmd.Context(), pool)
 			if err != nil {
 				return err
@@ -63,14 +104,35 @@ never abandoned), returns unstarted messages to the stream, and exits 0.`,
 				return err
 			}
 			defer nc.Close()
+			names := make([]string, 0, len(providers))
+			for name := range providers {
+				names = append(names, name)
+			}
+			m := metrics.New(names...)
+			m.WatchNATS(nc)
 			c, err := consumer.New(db, nc, providers, cfg,
-				consumer.WithLogger(e.log), consumer.WithStreamConfig(streams))
+				consumer.WithLogger(e.log), consumer.WithStreamConfig(streams), consumer.WithObserver(m))
 			if err != nil {
 				return &config.Error{Err: err}
 			}
-			return c.Run(cmd.Context())
+			if ln == nil {
+				return c.Run(cmd.Context())
+			}
+			srv := metrics.Serve(ln, metrics.Handler(m,
+				metrics.ConsumerChecks(cmd.Context().Done(), nc, db, c.Ready())...), e.log)
+			ln = nil // srv owns it now
+			runErr := c.Run(cmd.Context())
+			// Only after the drain: the last scrape should see every message counted.
+			ctx, cancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				e.log.Warn("metrics server shutdown", "error", err)
+			}
+			return runErr
 		},
 	}
 	cmd.Flags().IntVar(&concurrency, "concurrency", 32, "messages in flight in this process (env REFRESHER_CONCURRENCY)")
+	cmd.Flags().StringVar(&httpAddr, "http", config.DefaultHTTPAddr,
+		`host:port for /metrics, /healthz and /readyz; "" disables (env REFRESHER_HTTP_ADDR)`)
 	return cmd
 }

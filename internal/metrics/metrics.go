@@ -1,0 +1,184 @@
+// Package metrics exposes what a consume process does in the Prometheus text format,
+// and its liveness and readiness, over HTTP.
+//
+// Metrics, all on a registry of their own (never the global one, so tests and
+// embedded consumers cannot collide):
+//
+//	refresher_messages_total{service,outcome}                   counter
+//	    messages handled, by consumer.Outcome: refreshed, skipped_fresh,
+//	    skipped_reauth, reauth_required, not_found, retried, dead_lettered,
+//	    malformed, interrupted. service is "unknown" when the subject did not
+//	    name a configured service.
+//	refresher_provider_request_duration_seconds{service,result} histogram
+//	    token requests; result is ok, invalid_grant, transient or error.
+//	refresher_lock_wait_seconds                                 histogram
+//	    time to take a credential's row lock, whether or not it was taken.
+//	refresher_transaction_duration_seconds                      histogram
+//	    one refresh transaction, provider call and commit included.
+//	refresher_messages_in_flight                                gauge
+//	    messages being handled now.
+//	refresher_nats_reconnects_total                             counter
+//	    reconnections of the watched NATS connections.
+//
+// plus the standard go_* and process_* collectors. No label ever holds a token, an id
+// or anything else taken from a message beyond a configured service name.
+package metrics
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/refresher/refresher/consumer"
+	"github.com/refresher/refresher/provider"
+)
+
+// UnknownService is the service label of messages whose subject named no configured
+// service (malformed ones): a label value taken from a bad subject would let any
+// publisher create series at will.
+const UnknownService = "unknown"
+
+// Provider call results, the values of the result label.
+const (
+	ResultOK           = "ok"
+	ResultInvalidGrant = "invalid_grant"
+	ResultTransient    = "transient"
+	ResultError        = "error"
+)
+
+// Outcomes lists every consumer.Outcome, in the order Stats has them.
+var Outcomes = []consumer.Outcome{
+	consumer.Refreshed, consumer.SkippedFresh, consumer.SkippedReauth, consumer.ReauthRequired,
+	consumer.NotFound, consumer.Retried, consumer.DeadLettered, consumer.Malformed, consumer.Interrupted,
+}
+
+// Metrics is a consumer.Observer that records into its own Prometheus registry.
+// It is safe for concurrent use.
+type Metrics struct {
+	reg        *prometheus.Registry
+	messages   *prometheus.CounterVec
+	provider   *prometheus.HistogramVec
+	lockWait   prometheus.Histogram
+	tx         prometheus.Histogram
+	inFlight   prometheus.Gauge
+	services   map[string]bool
+	mu         sync.Mutex
+	natsConns  []*nats.Conn
+	reconnects prometheus.CounterFunc
+}
+
+var _ consumer.Observer = (*Metrics)(nil)
+
+// New returns Metrics with a fresh registry. services are the configured ones: their
+// series are created at zero so that rate() and alerts see them before the first
+// message, and any other service name is recorded as UnknownService.
+func New(services ...string) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refresher_messages_total",
+			Help: "Refresh messages handled, by service and outcome (refreshed, skipped_fresh, skipped_reauth, reauth_required, not_found, retried, dead_lettered, malformed, interrupted).",
+		}, []string{"service", "outcome"}),
+		provider: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "refresher_provider_request_duration_seconds",
+			Help:    "Token requests to the OAuth2 provider, by service and result (ok, invalid_grant, transient, error).",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 30},
+		}, []string{"service", "result"}),
+		lockWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "refresher_lock_wait_seconds",
+			Help:    "Time to take a credential's row lock (FOR UPDATE), whether or not it was taken.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		tx: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "refresher_transaction_duration_seconds",
+			Help:    "One refresh transaction, provider call and commit included.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 30},
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "refresher_messages_in_flight",
+			Help: "Messages being handled by this process now.",
+		}),
+		services: map[string]bool{},
+	}
+	m.reconnects = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "refresher_nats_reconnects_total",
+		Help: "Reconnections of this process's NATS connections to a server.",
+	}, m.natsReconnects)
+	m.reg.MustRegister(m.messages, m.provider, m.lockWait, m.tx, m.inFlight, m.reconnects,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, s := range services {
+		m.services[s] = true
+		for _, o := range Outcomes {
+			m.messages.WithLabelValues(s, string(o))
+		}
+	}
+	m.messages.WithLabelValues(UnknownService, string(consumer.Malformed))
+	return m
+}
+
+// Registry is where the metrics live, for serving or for gathering in tests.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// WatchNATS counts nc's reconnections in refresher_nats_reconnects_total. The count
+// is read from the connection's own statistics at scrape time, so no callback has to
+// be threaded through the dial and none can be missed.
+func (m *Metrics) WatchNATS(nc *nats.Conn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.natsConns = append(m.natsConns, nc)
+}
+
+func (m *Metrics) natsReconnects() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var n uint64
+	for _, nc := range m.natsConns {
+		n += nc.Stats().Reconnects
+	}
+	return float64(n)
+}
+
+func (m *Metrics) service(s string) string {
+	if s == "" || (len(m.services) > 0 && !m.services[s]) {
+		return UnknownService
+	}
+	return s
+}
+
+// MessageDone implements consumer.Observer.
+func (m *Metrics) MessageDone(service string, outcome consumer.Outcome, _ time.Duration) {
+	m.messages.WithLabelValues(m.service(service), string(outcome)).Inc()
+}
+
+// ProviderCall implements consumer.Observer.
+func (m *Metrics) ProviderCall(service string, d time.Duration, err error) {
+	m.provider.WithLabelValues(m.service(service), Result(err)).Observe(d.Seconds())
+}
+
+// LockWait implements consumer.Observer.
+func (m *Metrics) LockWait(d time.Duration) { m.lockWait.Observe(d.Seconds()) }
+
+// Transaction implements consumer.Observer.
+func (m *Metrics) Transaction(d time.Duration) { m.tx.Observe(d.Seconds()) }
+
+// InFlight implements consumer.Observer.
+func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
+
+// Result is the result label of a token request that returned err.
+func Result(err error) string {
+	var te *provider.TransientError
+	switch {
+	case err == nil:
+		return ResultOK
+	case errors.Is(err, provider.ErrInvalidGrant):
+		return ResultInvalidGrant
+	case errors.As(err, &te):
+		return ResultTransient
+	}
+	return ResultError
+}
