@@ -13,13 +13,14 @@ import (
 	"github.com/refresher/refresher/publisher"
 )
 
-// Dead-letter headers, set on every copy in REFRESH_DLQ.
+// Dead-letter headers, set on every copy in REFRESH_DLQ. They are publisher's, which
+// reads them back (dlq list, replay --dlq) and cannot import this package.
 const (
-	HeaderOriginalSubject = "Refresh-Original-Subject"
-	HeaderReason          = "Refresh-Reason"
-	HeaderDeliveries      = "Refresh-Deliveries"
-	HeaderStreamSeq       = "Refresh-Stream-Sequence"
-	HeaderDeadAt          = "Refresh-Dead-Lettered-At"
+	HeaderOriginalSubject = publisher.HeaderOriginalSubject
+	HeaderReason          = publisher.HeaderReason
+	HeaderDeliveries      = publisher.HeaderDeliveries
+	HeaderStreamSeq       = publisher.HeaderStreamSeq
+	HeaderDeadAt          = publisher.HeaderDeadAt
 )
 
 // DeadLetterID is the dedupe id of the dead-letter copy of the message at stream

@@ -53,89 +53,120 @@ func parseRequest(subject string, data []byte, header string, hasHeader bool, st
 	return request{key: key, requestedAt: at, reason: body.Reason}, nil
 }
 
-// handle takes one message to exactly one of ack, nak with delay, or terminate, and
-// logs and counts the outcome once.
+// job is one message on its way through the consumer.
+type job struct {
+	msg     jetstream.Msg
+	meta    *jetstream.MsgMetadata
+	req     request
+	prov    provider.Refresher
+	start   time.Time
+	log     *slog.Logger
+	outcome Outcome
+	err     error
+}
+
+// handle takes one message to exactly one of ack, nak with delay, or terminate.
 func (c *Consumer) handle(msg jetstream.Msg) {
-	start := time.Now()
+	j, ok := c.prepare(msg)
+	if !ok {
+		return
+	}
+	stop := c.keepAlive(msg)
+	j.outcome, j.err = c.refresh(j.req, j.prov, j.meta.NumDelivered)
+	stop()
+	c.settle(j)
+}
+
+// prepare parses a message. A message that is not a valid request is dead-lettered
+// and settled here, and ok is false.
+func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	c.observer.InFlight(1)
-	defer c.observer.InFlight(-1)
+	j = &job{msg: msg, start: time.Now()}
 	meta, err := msg.Metadata()
 	if err != nil {
 		// Not a JetStream delivery: nothing to ack or redeliver.
+		c.observer.InFlight(-1)
 		c.log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
-		return
+		return nil, false
 	}
-	log := c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
-	outcome, key, err := c.process(msg, meta, log)
-	d := time.Since(start)
-	c.stats.add(outcome)
-	c.observer.MessageDone(key.Service, outcome, d)
-	if key.ID != 0 {
-		log = log.With("service", key.Service, "id", key.ID)
+	j.meta = meta
+	j.log = c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
+	header, hasHeader := "", false
+	if vals := msg.Headers().Values(model.HeaderRequestedAt); len(vals) > 0 {
+		header, hasHeader = vals[0], true
 	}
-	log = log.With("outcome", outcome, "duration", d.Round(time.Microsecond))
-	switch outcome {
+	j.req, err = parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
+	if err == nil {
+		if j.prov, ok = c.providers[j.req.key.Service]; !ok {
+			err = fmt.Errorf("unknown service %q", j.req.key.Service)
+		}
+	}
+	if err != nil {
+		j.req = request{}
+		j.outcome, j.err = Malformed, err
+		c.settle(j)
+		return nil, false
+	}
+	return j, true
+}
+
+// settle acknowledges, terminates, naks or dead-letters a job according to its
+// outcome, then logs and counts it once.
+func (c *Consumer) settle(j *job) {
+	defer c.observer.InFlight(-1)
+	ack := false
+	switch j.outcome {
+	case Refreshed, SkippedFresh, SkippedReauth, NotFound:
+		ack = true // last, once counted: whoever sees the ack sees the count
+	case ReauthRequired:
+		_ = j.msg.TermWithReason("invalid_grant")
+	case Interrupted:
+		_ = j.msg.Nak()
+	case Malformed:
+		j.outcome = c.deadLetter(j.msg, j.meta, Malformed, j.err, j.log)
+	default: // Retried
+		if j.meta.NumDelivered >= uint64(c.cfg.MaxDeliver) {
+			j.outcome = c.deadLetter(j.msg, j.meta, DeadLettered, j.err, j.log)
+			break
+		}
+		delay := c.cfg.backoff(j.meta.NumDelivered, provider.RetryAfter(j.err))
+		var pe *pendingError
+		if errors.As(j.err, &pe) {
+			delay = pe.wait
+		}
+		_ = j.msg.NakWithDelay(delay)
+		j.err = fmt.Errorf("%w (retry in %s)", j.err, delay)
+	}
+
+	d := time.Since(j.start)
+	c.stats.add(j.outcome)
+	c.observer.MessageDone(j.req.key.Service, j.outcome, d)
+	log := j.log
+	if j.req.key.ID != 0 {
+		log = log.With("service", j.req.key.Service, "id", j.req.key.ID)
+	}
+	log = log.With("outcome", j.outcome, "duration", d.Round(time.Microsecond))
+	switch j.outcome {
 	case Refreshed, SkippedFresh, SkippedReauth:
 		log.Info("done")
 	case NotFound:
 		log.Info("no such credential (deleted?)")
 	case ReauthRequired:
-		log.Warn("provider refused the grant; credential needs the user to sign in again", "error", err)
+		log.Warn("provider refused the grant; credential needs the user to sign in again", "error", j.err)
 	case Interrupted:
 		log.Info("shutting down before the provider call; returned to the stream")
 	case Retried:
-		log.Warn("will retry", "error", err)
+		log.Warn("will retry", "error", j.err)
 	case Malformed, DeadLettered:
-		log.Warn("dead-lettered", "reason", err)
+		log.Warn("dead-lettered", "reason", j.err)
 	}
-}
-
-// process parses, refreshes and settles one message. It returns the outcome, the
-// credential (zero when the request did not parse) and the error behind a failure.
-func (c *Consumer) process(msg jetstream.Msg, meta *jetstream.MsgMetadata, log *slog.Logger) (Outcome, model.Key, error) {
-	hdr := msg.Headers()
-	header, hasHeader := "", false
-	if vals := hdr.Values(model.HeaderRequestedAt); len(vals) > 0 {
-		header, hasHeader = vals[0], true
-	}
-	req, err := parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
-	if err != nil {
-		return c.deadLetter(msg, meta, Malformed, err, log), model.Key{}, err
-	}
-	prov, ok := c.providers[req.key.Service]
-	if !ok {
-		err := fmt.Errorf("unknown service %q", req.key.Service)
-		return c.deadLetter(msg, meta, Malformed, err, log), model.Key{}, err
-	}
-
-	stopKeepAlive := c.keepAlive(msg)
-	outcome, err := c.refresh(req, prov, meta.NumDelivered)
-	stopKeepAlive()
-
-	switch outcome {
-	case Refreshed, SkippedFresh, SkippedReauth, NotFound:
+	if ack {
 		// Acked only now, after the commit: a crash before this line redelivers, and the
 		// skip rule turns the redelivery into a no-op.
-		if aerr := msg.DoubleAck(context.Background()); aerr != nil {
+		if aerr := j.msg.DoubleAck(context.Background()); aerr != nil {
 			log.Warn("ack after commit failed; the redelivery will be skipped", "error", aerr)
 		}
-	case ReauthRequired:
-		_ = msg.TermWithReason("invalid_grant")
-	case Interrupted:
-		_ = msg.Nak()
-	default: // Retried
-		if meta.NumDelivered >= uint64(c.cfg.MaxDeliver) {
-			return c.deadLetter(msg, meta, DeadLettered, err, log), req.key, err
-		}
-		delay := c.cfg.backoff(meta.NumDelivered, provider.RetryAfter(err))
-		var pe *pendingError
-		if errors.As(err, &pe) {
-			delay = pe.wait
-		}
-		_ = msg.NakWithDelay(delay)
-		err = fmt.Errorf("%w (retry in %s)", err, delay)
 	}
-	return outcome, req.key, err
 }
 
 // keepAlive tells the server the message is still being worked on, so a slow provider
