@@ -12,57 +12,61 @@ import (
 // TestBacklogAfterDowntime: with the consumers down, ten duplicate requests per row pile
 // up; when they come back the provider sees one call per row, not one per message.
 func TestBacklogAfterDowntime(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{})
-	const rows, dups = 100, 10
-	ids := env.Seed("github", rows)
-	p := env.Publisher(publisher.WithWindow(0))
-	for range dups {
-		if _, err := p.Publish(context.Background(), "github", ids...); err != nil {
-			t.Fatal(err)
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
+		const rows, dups = 100, 10
+		ids := env.Seed("github", rows)
+		p := env.Publisher(publisher.WithWindow(0))
+		for range dups {
+			if _, err := p.Publish(context.Background(), "github", ids...); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	for range 2 {
-		env.StartConsumer(env.Config())
-	}
-	env.WaitIdle(time.Minute)
-	env.Verify()
-	calls := env.Fake.Stats().Calls
-	if perRow := float64(calls) / rows; perRow > 1.05 {
-		t.Fatalf("%d provider calls for %d rows (%.2f per row) after a backlog of %d requests", calls, rows, perRow, rows*dups)
-	}
-	t.Logf("%d requests, %d provider calls", rows*dups, calls)
+		for range 2 {
+			env.StartConsumer(env.Config())
+		}
+		env.WaitIdle(time.Minute)
+		env.Verify()
+		calls := env.Fake.Stats().Calls
+		if perRow := float64(calls) / rows; perRow > 1.05 {
+			t.Fatalf("%d provider calls for %d rows (%.2f per row) after a backlog of %d requests", calls, rows, perRow, rows*dups)
+		}
+		t.Logf("%d requests, %d provider calls", rows*dups, calls)
+	})
 }
 
 // TestProviderOutage: while the provider answers 503 the fleet backs off instead of
 // hammering it, and every row is refreshed once it is back.
 func TestProviderOutage(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{})
-	const rows = 40
-	ids := env.Seed("github", rows)
-	cfg := env.Config()
-	cfg.MaxDeliver = 100
-	cfg.Backoff = []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
-	for range 2 {
-		env.StartConsumer(cfg)
-	}
-	env.Fake.SetOutage(true)
-	outage := time.Now()
-	if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
-		t.Fatal(err)
-	}
-	// A fixed stretch of outage: what is measured is how often the fleet calls in it.
-	<-time.After(2*time.Second - time.Since(outage))
-	during := env.Fake.Stats().Calls
-	env.Fake.SetOutage(false)
-	// The schedule (0.1, 0.2, 0.4, 0.8, 0.8 … s) allows about 5 calls per row in 2 s;
-	// without it a worker would retry as fast as the provider answers.
-	if perRow := float64(during) / rows; perRow > 7 {
-		t.Fatalf("%d provider calls for %d rows in 2s of outage (%.1f per row): the fleet hammers the provider", during, rows, perRow)
-	}
-	env.WaitIdle(time.Minute)
-	env.Verify()
-	if dls := env.DeadLetters(); len(dls) != 0 {
-		t.Fatalf("%d dead letters after a short outage", len(dls))
-	}
-	t.Logf("%d calls during the outage for %d rows", during, rows)
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
+		const rows = 40
+		ids := env.Seed("github", rows)
+		cfg := env.Config()
+		cfg.MaxDeliver = 100
+		cfg.Backoff = []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
+		for range 2 {
+			env.StartConsumer(cfg)
+		}
+		env.Fake.SetOutage(true)
+		outage := time.Now()
+		if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
+			t.Fatal(err)
+		}
+		// A fixed stretch of outage: what is measured is how often the fleet calls in it.
+		<-time.After(2*time.Second - time.Since(outage))
+		during := env.Fake.Stats().Calls
+		env.Fake.SetOutage(false)
+		// The schedule (0.1, 0.2, 0.4, 0.8, 0.8 … s) allows about 5 calls per row in 2 s;
+		// without it a worker would retry as fast as the provider answers.
+		if perRow := float64(during) / rows; perRow > 7 {
+			t.Fatalf("%d provider calls for %d rows in 2s of outage (%.1f per row): the fleet hammers the provider", during, rows, perRow)
+		}
+		env.WaitIdle(time.Minute)
+		env.Verify()
+		if dls := env.DeadLetters(); len(dls) != 0 {
+			t.Fatalf("%d dead letters after a short outage", len(dls))
+		}
+		t.Logf("%d calls during the outage for %d rows", during, rows)
+	})
 }

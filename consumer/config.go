@@ -20,6 +20,7 @@ type Config struct {
 	ProviderTimeout time.Duration   `envconfig:"REFRESHER_PROVIDER_TIMEOUT" default:"15s" desc:"bound on one token request; below ACK_WAIT and DRAIN_TIMEOUT"`
 	DrainTimeout    time.Duration   `envconfig:"REFRESHER_DRAIN_TIMEOUT" default:"30s" desc:"on SIGTERM, time for in-flight messages to finish"`
 	DefaultTokenTTL time.Duration   `envconfig:"REFRESHER_DEFAULT_TOKEN_TTL" default:"1h" desc:"expires_at for a token whose provider gave no expires_in"`
+	BatchSize       int             `envconfig:"REFRESHER_BATCH_SIZE" default:"1" desc:"requests per transaction; above 1, rows of a batch stay locked until its slowest provider call returns"`
 }
 
 // DefaultConfig is what the env defaults amount to, for code that configures itself
@@ -35,6 +36,7 @@ func DefaultConfig() Config {
 		ProviderTimeout: 15 * time.Second,
 		DrainTimeout:    30 * time.Second,
 		DefaultTokenTTL: time.Hour,
+		BatchSize:       1,
 	}
 }
 
@@ -57,6 +59,10 @@ func (c Config) Validate() error {
 		// A provider call cut short by shutdown may have rotated the token already; the
 		// drain must be able to wait one out.
 		return fmt.Errorf("REFRESHER_DRAIN_TIMEOUT=%s: must exceed REFRESHER_PROVIDER_TIMEOUT (%s)", c.DrainTimeout, c.ProviderTimeout)
+	case c.BatchSize < 1 || c.BatchSize > 512:
+		return fmt.Errorf("REFRESHER_BATCH_SIZE=%d: want 1 to 512", c.BatchSize)
+	case c.BatchSize > c.Concurrency:
+		return fmt.Errorf("REFRESHER_BATCH_SIZE=%d: must not exceed REFRESHER_CONCURRENCY (%d)", c.BatchSize, c.Concurrency)
 	case c.DefaultTokenTTL <= 0:
 		return fmt.Errorf("REFRESHER_DEFAULT_TOKEN_TTL=%s: must be positive", c.DefaultTokenTTL)
 	}
@@ -70,6 +76,9 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// workers is how many transactions run at once: one per message, or one per batch.
+func (c Config) workers() int { return max(1, c.Concurrency/c.BatchSize) }
 
 // attemptTTL bounds one message's refresh end to end: the lock wait, the provider
 // call, the write, and if that write fails, the salvage of the issued token. Once the

@@ -65,11 +65,11 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 			return nil, fmt.Errorf("REFRESHER_SERVICES: %w", err)
 		}
 	}
-	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max <= cfg.Concurrency {
-		// Every in-flight message holds a connection idle in its transaction while the
-		// provider answers, and briefly needs a second one to mark its attempt; a pool
-		// without spare connections turns concurrency into lock-holding waits.
-		return nil, fmt.Errorf("database pool of %d connections must exceed REFRESHER_CONCURRENCY=%d", max, cfg.Concurrency)
+	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max <= cfg.workers() {
+		// Every transaction holds a connection idle while the provider answers, and
+		// briefly needs a second one to mark its attempt; a pool without spare
+		// connections turns concurrency into lock-holding waits.
+		return nil, fmt.Errorf("database pool of %d connections must exceed the %d transactions run at once (REFRESHER_CONCURRENCY / REFRESHER_BATCH_SIZE)", max, cfg.workers())
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -154,32 +154,33 @@ func (c *Consumer) Run(ctx context.Context) error {
 		close(drained)
 	}()
 
-	slots := make(chan struct{}, c.cfg.Concurrency)
+	slots := make(chan struct{}, c.cfg.workers())
 	for {
 		slots <- struct{}{}
-		msg, err := iter.Next()
-		if err != nil {
+		msgs, closed := c.collect(ctx, iter)
+		switch {
+		case len(msgs) == 0:
 			<-slots
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				break
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			c.log.Warn("fetch", "error", err)
-			continue
-		}
-		if c.isStopping() {
+		case c.isStopping():
 			<-slots
-			_ = msg.Nak()
-			continue
+			for _, m := range msgs {
+				_ = m.Nak()
+			}
+		default:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				if c.cfg.BatchSize > 1 {
+					c.handleBatch(msgs)
+				} else {
+					c.handle(msgs[0])
+				}
+			}()
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-slots }()
-			c.handle(msg)
-		}()
+		if closed {
+			break
+		}
 	}
 	<-drained
 
@@ -192,6 +193,32 @@ func (c *Consumer) Run(ctx context.Context) error {
 	case <-time.After(c.cfg.DrainTimeout):
 		return fmt.Errorf("drain: in-flight messages still running after %s", c.cfg.DrainTimeout)
 	}
+}
+
+// batchLinger is how long a batch waits for more messages once it has one: enough
+// to take what the client has buffered, short enough not to delay a quiet stream.
+const batchLinger = 2 * time.Millisecond
+
+// collect takes the next message, and in batch mode up to BatchSize-1 more that are
+// at hand. closed reports that the iterator is done.
+func (c *Consumer) collect(ctx context.Context, iter jetstream.MessagesContext) (msgs []jetstream.Msg, closed bool) {
+	msg, err := iter.Next()
+	if err != nil {
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			return nil, true
+		}
+		c.log.Warn("fetch", "error", err)
+		return nil, false
+	}
+	msgs = append(msgs, msg)
+	for len(msgs) < c.cfg.BatchSize {
+		msg, err := iter.Next(jetstream.NextMaxWait(batchLinger))
+		if err != nil {
+			return msgs, errors.Is(err, jetstream.ErrMsgIteratorClosed)
+		}
+		msgs = append(msgs, msg)
+	}
+	return msgs, false
 }
 
 func (c *Consumer) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }

@@ -31,75 +31,79 @@ func killTransactions(t *testing.T, env *fleettest.Env) int {
 // that asked are gone, and the new tokens must still be stored (by a second
 // transaction) with no grace period to fall back on.
 func TestConnectionKilledMidRefresh(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{Latency: 400 * time.Millisecond})
-	ids := env.Seed("github", 8)
-	r := env.StartConsumer(env.Config())
-	if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
-		t.Fatal(err)
-	}
-	fleettest.Eventually(t, 10*time.Second, "every refresh waiting on the provider", func() bool {
-		return env.Fake.Stats().Calls == len(ids)
-	})
-	if n := killTransactions(t, env); n == 0 {
-		t.Fatal("no transaction to kill: the test did not exercise the fault")
-	}
-	env.WaitIdle(time.Minute)
-	for _, id := range ids {
-		if c := env.Credential(id); c.Version != 1 || c.Status != model.StatusActive {
-			t.Fatalf("credential %d: version %d status %s", id, c.Version, c.Status)
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 400 * time.Millisecond, BatchSize: batch})
+		ids := env.Seed("github", 8)
+		r := env.StartConsumer(env.Config())
+		if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if st := env.Fake.Stats(); st.Calls != len(ids) || st.Reuses != 0 {
-		t.Fatalf("provider: %d calls, %d reuses: want one call per row and no reuse", st.Calls, st.Reuses)
-	}
-	if !strings.Contains(env.Logs(), "token saved by a second transaction") {
-		t.Fatal("no salvage logged")
-	}
-	if st := r.Stats(); st.Refreshed != int64(len(ids)) {
-		t.Fatalf("stats %+v", st)
-	}
-	env.Verify()
+		fleettest.Eventually(t, 10*time.Second, "every refresh waiting on the provider", func() bool {
+			return env.Fake.Stats().Calls == len(ids)
+		})
+		if n := killTransactions(t, env); n == 0 {
+			t.Fatal("no transaction to kill: the test did not exercise the fault")
+		}
+		env.WaitIdle(time.Minute)
+		for _, id := range ids {
+			if c := env.Credential(id); c.Version != 1 || c.Status != model.StatusActive {
+				t.Fatalf("credential %d: version %d status %s", id, c.Version, c.Status)
+			}
+		}
+		if st := env.Fake.Stats(); st.Calls != len(ids) || st.Reuses != 0 {
+			t.Fatalf("provider: %d calls, %d reuses: want one call per row and no reuse", st.Calls, st.Reuses)
+		}
+		if !strings.Contains(env.Logs(), "token saved by a second transaction") {
+			t.Fatal("no salvage logged")
+		}
+		if st := r.Stats(); st.Refreshed != int64(len(ids)) {
+			t.Fatalf("stats %+v", st)
+		}
+		env.Verify()
+	})
 }
 
 // TestConnectionsKilledDuringRun keeps killing the consumers' sessions, busy or idle,
 // during a run of many requests; every request must still end refreshed with the
 // latest token stored and no replaced token sent.
 func TestConnectionsKilledDuringRun(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{Latency: 5 * time.Millisecond})
-	ids := env.Seed("github", 300)
-	cfg := env.Config()
-	cfg.MaxDeliver = 100
-	for range 2 {
-		env.StartConsumer(cfg)
-	}
-	p := env.Publisher(publisher.WithWindow(0))
-	for range 3 {
-		if _, err := p.Publish(context.Background(), "github", ids...); err != nil {
-			t.Fatal(err)
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 5 * time.Millisecond, BatchSize: batch})
+		ids := env.Seed("github", 300)
+		cfg := env.Config()
+		cfg.MaxDeliver = 100
+		for range 2 {
+			env.StartConsumer(cfg)
 		}
-	}
-	// Kill every session of the database every 100ms until half the rows have rotated.
-	killed := 0
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(time.Minute)
-	for env.Fake.Stats().Rotations < len(ids)/2 {
-		select {
-		case <-deadline:
-			t.Fatalf("only %d of %d rows rotated in a minute of killed sessions", env.Fake.Stats().Rotations, len(ids))
-		case <-tick.C:
+		p := env.Publisher(publisher.WithWindow(0))
+		for range 3 {
+			if _, err := p.Publish(context.Background(), "github", ids...); err != nil {
+				t.Fatal(err)
+			}
 		}
-		var n int
-		if err := env.DB.QueryRowContext(context.Background(), `
-			SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-			WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&n); err == nil {
-			killed += n
-		} // else our own pool handed us a killed connection: the next tick retries
-	}
-	env.WaitIdle(2 * time.Minute)
-	rep := env.Verify()
-	if st := env.Fake.Stats(); st.Reuses != 0 {
-		t.Fatalf("%d replaced tokens sent", st.Reuses)
-	}
-	t.Logf("%s; %d sessions killed", rep, killed)
+		// Kill every session of the database every 100ms until half the rows have rotated.
+		killed := 0
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(time.Minute)
+		for env.Fake.Stats().Rotations < len(ids)/2 {
+			select {
+			case <-deadline:
+				t.Fatalf("only %d of %d rows rotated in a minute of killed sessions", env.Fake.Stats().Rotations, len(ids))
+			case <-tick.C:
+			}
+			var n int
+			if err := env.DB.QueryRowContext(context.Background(), `
+				SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&n); err == nil {
+				killed += n
+			} // else our own pool handed us a killed connection: the next tick retries
+		}
+		env.WaitIdle(2 * time.Minute)
+		rep := env.Verify()
+		if st := env.Fake.Stats(); st.Reuses != 0 {
+			t.Fatalf("%d replaced tokens sent", st.Reuses)
+		}
+		t.Logf("%s; %d sessions killed", rep, killed)
+	})
 }

@@ -171,7 +171,7 @@ func (c *Consumer) settle(j *job) {
 
 // keepAlive tells the server the message is still being worked on, so a slow provider
 // call does not let AckWait expire and hand the message to another process.
-func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
+func (c *Consumer) keepAlive(msgs ...jetstream.Msg) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		t := time.NewTicker(c.cfg.AckWait / 3)
@@ -181,7 +181,9 @@ func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				_ = msg.InProgress()
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
 			}
 		}
 	}()

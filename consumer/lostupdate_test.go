@@ -14,8 +14,8 @@ import (
 // duplicateWorkload publishes dups requests for each of rows credentials, each row's
 // requests back to back so that several workers of several consumers hold them at
 // once, and runs a fleet of three consumers over them.
-func duplicateWorkload(t *testing.T, rows, dups int, opts ...consumer.Option) (*fleettest.Env, verify.Report) {
-	env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond})
+func duplicateWorkload(t *testing.T, batch, rows, dups int, opts ...consumer.Option) (*fleettest.Env, verify.Report) {
+	env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond, BatchSize: batch})
 	ids := env.Seed("github", rows)
 	cfg := env.Config()
 	for range 3 {
@@ -43,8 +43,12 @@ func duplicateWorkload(t *testing.T, rows, dups int, opts ...consumer.Option) (*
 // many duplicate requests for the same rows across several consumers must leave every
 // row with the refresh token the provider issued last, and never send a replaced one.
 func TestNoLostUpdate(t *testing.T) {
+	fleettest.BothModes(t, testNoLostUpdate)
+}
+
+func testNoLostUpdate(t *testing.T, batch int) {
 	const rows, dups = 40, 10
-	env, rep := duplicateWorkload(t, rows, dups)
+	env, rep := duplicateWorkload(t, batch, rows, dups)
 	if !rep.OK() || rep.Rows != rows {
 		t.Fatalf("lost updates with the row lock: %s %v", rep, rep.Examples)
 	}
@@ -67,7 +71,7 @@ func TestNoLostUpdate(t *testing.T) {
 // write-back without the lock must lose updates, which shows TestNoLostUpdate can fail.
 func TestNaivePathLosesUpdates(t *testing.T) {
 	const rows, dups = 40, 10
-	env, rep := duplicateWorkload(t, rows, dups, consumer.WithoutLock())
+	env, rep := duplicateWorkload(t, 1, rows, dups, consumer.WithoutLock())
 	st := env.Fake.Stats()
 	if rep.OK() && st.Reuses == 0 {
 		t.Fatalf("the naive path lost nothing (%s, reuses %d): the lost-update test cannot tell the lock matters", rep, st.Reuses)

@@ -53,24 +53,28 @@ func runThroughNATSFault(t *testing.T, env *fleettest.Env, rows int, fault func(
 
 // TestNATSRestart restarts nats-server (same store) in the middle of a run.
 func TestNATSRestart(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond})
-	runThroughNATSFault(t, env, 200, func() {
-		if err := env.NATS.Restart(); err != nil {
-			t.Fatal(err)
-		}
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond, BatchSize: batch})
+		runThroughNATSFault(t, env, 200, func() {
+			if err := env.NATS.Restart(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	})
 }
 
 // TestStreamLeaderFailover shuts down the REFRESH stream leader of a 3-node cluster in
 // the middle of a run; the stream is replicated on all three.
 func TestStreamLeaderFailover(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond, ClusterSize: 3})
-	runThroughNATSFault(t, env, 200, func() {
-		leader := env.Cluster.StreamLeader("$G", publisher.Stream)
-		if leader == nil {
-			t.Fatal("no stream leader")
-		}
-		t.Logf("shutting down stream leader %s", leader.Name())
-		leader.Shutdown()
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond, ClusterSize: 3, BatchSize: batch})
+		runThroughNATSFault(t, env, 200, func() {
+			leader := env.Cluster.StreamLeader("$G", publisher.Stream)
+			if leader == nil {
+				t.Fatal("no stream leader")
+			}
+			t.Logf("shutting down stream leader %s", leader.Name())
+			leader.Shutdown()
+		})
 	})
 }

@@ -15,45 +15,47 @@ import (
 // cancelled context), nothing may be acked uncommitted, and a new consumer finishes the
 // rest with nothing lost.
 func TestGracefulShutdown(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{Latency: 300 * time.Millisecond})
-	ids := env.Seed("github", 30)
-	cfg := env.Config()
-	r := env.StartConsumer(cfg)
-	if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
-		t.Fatal(err)
-	}
-	// In flight: arrived at the provider, not yet answered to the consumer.
-	fleettest.Eventually(t, 10*time.Second, "provider calls in flight", func() bool {
-		return env.Fake.Stats().Calls-int(r.Stats().ProviderCalls) >= 2
-	})
-	before := env.Fake.Stats().Rotations
-	if err := r.Stop(); err != nil {
-		t.Fatalf("drain: %v", err)
-	}
-	after := env.Fake.Stats().Rotations
-	if after <= before {
-		t.Fatalf("no provider call finished after shutdown began (%d rotations before, %d after): the test did not exercise the in-flight path", before, after)
-	}
-	// Every token the provider issued, including those answered after cancellation,
-	// is in the database.
-	env.Verify()
-	st := r.Stats()
-	if st.Refreshed != int64(after) {
-		t.Fatalf("refreshed %d but the provider rotated %d tokens", st.Refreshed, after)
-	}
-
-	// Nothing was acked without its commit: a new consumer finds exactly the rest.
-	r2 := env.StartConsumer(cfg)
-	env.WaitIdle(time.Minute)
-	for _, id := range ids {
-		if c := env.Credential(id); c.Version != 1 {
-			t.Fatalf("credential %d version %d after both consumers: want exactly one refresh", id, c.Version)
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 300 * time.Millisecond, BatchSize: batch})
+		ids := env.Seed("github", 30)
+		cfg := env.Config()
+		r := env.StartConsumer(cfg)
+		if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if got := st.Refreshed + r2.Stats().Refreshed; got != int64(len(ids)) {
-		t.Fatalf("refreshed %d in all, want %d", got, len(ids))
-	}
-	env.Verify()
+		// In flight: arrived at the provider, not yet answered to the consumer.
+		fleettest.Eventually(t, 10*time.Second, "provider calls in flight", func() bool {
+			return env.Fake.Stats().Calls-int(r.Stats().ProviderCalls) >= 2
+		})
+		before := env.Fake.Stats().Rotations
+		if err := r.Stop(); err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+		after := env.Fake.Stats().Rotations
+		if after <= before {
+			t.Fatalf("no provider call finished after shutdown began (%d rotations before, %d after): the test did not exercise the in-flight path", before, after)
+		}
+		// Every token the provider issued, including those answered after cancellation,
+		// is in the database.
+		env.Verify()
+		st := r.Stats()
+		if st.Refreshed != int64(after) {
+			t.Fatalf("refreshed %d but the provider rotated %d tokens", st.Refreshed, after)
+		}
+
+		// Nothing was acked without its commit: a new consumer finds exactly the rest.
+		r2 := env.StartConsumer(cfg)
+		env.WaitIdle(time.Minute)
+		for _, id := range ids {
+			if c := env.Credential(id); c.Version != 1 {
+				t.Fatalf("credential %d version %d after both consumers: want exactly one refresh", id, c.Version)
+			}
+		}
+		if got := st.Refreshed + r2.Stats().Refreshed; got != int64(len(ids)) {
+			t.Fatalf("refreshed %d in all, want %d", got, len(ids))
+		}
+		env.Verify()
+	})
 }
 
 // TestIdleInTransactionTimeout: the connection sits idle in its transaction during the
@@ -61,62 +63,66 @@ func TestGracefulShutdown(t *testing.T) {
 // call would end the transaction and lose the rotated token. The consumer sets its own
 // for each transaction.
 func TestIdleInTransactionTimeout(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{Latency: 600 * time.Millisecond})
-	ctx := context.Background()
-	var name string
-	if err := env.DB.QueryRowContext(ctx, "SELECT current_database()").Scan(&name); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := env.DB.ExecContext(ctx, fmt.Sprintf("ALTER DATABASE %q SET idle_in_transaction_session_timeout = '200ms'", name)); err != nil {
-		t.Fatal(err)
-	}
-	// Drop pooled connections so the new setting applies to every session.
-	env.DB.SetMaxIdleConns(0)
-	env.DB.SetMaxIdleConns(64)
-	ids := env.Seed("github", 3)
-	r := env.StartConsumer(env.Config())
-	if _, err := env.Publisher().Publish(ctx, "github", ids...); err != nil {
-		t.Fatal(err)
-	}
-	env.WaitIdle(30 * time.Second)
-	if st := r.Stats(); st.Refreshed != 3 || st.Retried != 0 {
-		t.Fatalf("stats %+v: want 3 refreshed without retries", st)
-	}
-	env.Verify()
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 600 * time.Millisecond, BatchSize: batch})
+		ctx := context.Background()
+		var name string
+		if err := env.DB.QueryRowContext(ctx, "SELECT current_database()").Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.DB.ExecContext(ctx, fmt.Sprintf("ALTER DATABASE %q SET idle_in_transaction_session_timeout = '200ms'", name)); err != nil {
+			t.Fatal(err)
+		}
+		// Drop pooled connections so the new setting applies to every session.
+		env.DB.SetMaxIdleConns(0)
+		env.DB.SetMaxIdleConns(64)
+		ids := env.Seed("github", 3)
+		r := env.StartConsumer(env.Config())
+		if _, err := env.Publisher().Publish(ctx, "github", ids...); err != nil {
+			t.Fatal(err)
+		}
+		env.WaitIdle(30 * time.Second)
+		if st := r.Stats(); st.Refreshed != 3 || st.Retried != 0 {
+			t.Fatalf("stats %+v: want 3 refreshed without retries", st)
+		}
+		env.Verify()
+	})
 }
 
 // TestLockTimeoutBacksOff: a row locked by another writer past REFRESHER_LOCK_TIMEOUT
 // sends the message back with a delay instead of blocking a worker; once the lock is
 // released the refresh completes.
 func TestLockTimeoutBacksOff(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{})
-	ids := env.Seed("github", 1)
-	cfg := env.Config()
-	cfg.LockTimeout = 200 * time.Millisecond
-	cfg.MaxDeliver = 100
-	r := env.StartConsumer(cfg)
-	ctx := context.Background()
-	tx, err := env.DB.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	if _, err := tx.NewSelect().Model((*model.Credential)(nil)).Where("id = ?", ids[0]).For("UPDATE").Exec(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := env.Publisher().Publish(ctx, "github", ids...); err != nil {
-		t.Fatal(err)
-	}
-	fleettest.Eventually(t, 10*time.Second, "two lock timeouts", func() bool { return r.Stats().Retried >= 2 })
-	if env.Fake.Stats().Calls != 0 {
-		t.Fatal("provider called without the row lock")
-	}
-	if err := tx.Rollback(); err != nil {
-		t.Fatal(err)
-	}
-	env.WaitIdle(30 * time.Second)
-	if c := env.Credential(ids[0]); c.Version != 1 {
-		t.Fatalf("not refreshed after the lock was released: %+v", c)
-	}
-	env.Verify()
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
+		ids := env.Seed("github", 1)
+		cfg := env.Config()
+		cfg.LockTimeout = 200 * time.Millisecond
+		cfg.MaxDeliver = 100
+		r := env.StartConsumer(cfg)
+		ctx := context.Background()
+		tx, err := env.DB.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.NewSelect().Model((*model.Credential)(nil)).Where("id = ?", ids[0]).For("UPDATE").Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.Publisher().Publish(ctx, "github", ids...); err != nil {
+			t.Fatal(err)
+		}
+		fleettest.Eventually(t, 10*time.Second, "two lock timeouts", func() bool { return r.Stats().Retried >= 2 })
+		if env.Fake.Stats().Calls != 0 {
+			t.Fatal("provider called without the row lock")
+		}
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		env.WaitIdle(30 * time.Second)
+		if c := env.Credential(ids[0]); c.Version != 1 {
+			t.Fatalf("not refreshed after the lock was released: %+v", c)
+		}
+		env.Verify()
+	})
 }

@@ -6,6 +6,7 @@ package fleettest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -33,10 +34,23 @@ type Options struct {
 	Services []string      // default github, google
 	Latency  time.Duration // fake provider latency
 	Grace    time.Duration // fake provider reuse grace
-	PoolSize int           // database pool (default 64)
+	PoolSize int           // database pool (default 32)
 	// ClusterSize, when above 1, runs a JetStream cluster of that many in-process
 	// servers instead of one server, with the streams replicated on all of them.
 	ClusterSize int
+	// BatchSize is the consumer batch size Config returns (default 1: per row).
+	BatchSize int
+}
+
+// BatchSizes are the consumer modes every invariant is tested in: one row per
+// transaction, and batched commits.
+var BatchSizes = []int{1, 4}
+
+// BothModes runs fn as a subtest for each of BatchSizes.
+func BothModes(t *testing.T, fn func(t *testing.T, batch int)) {
+	for _, b := range BatchSizes {
+		t.Run(fmt.Sprintf("batch=%d", b), func(t *testing.T) { fn(t, b) })
+	}
 }
 
 // Env is one test's world.
@@ -47,6 +61,7 @@ type Env struct {
 	NATS     *natsserver.Server  // nil when Cluster is set
 	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
 	Streams  publisher.StreamConfig
+	batch    int
 	Fake     *fake.Provider
 	FakeURL  string
 	Services []string
@@ -61,7 +76,7 @@ func New(t testing.TB, o Options) *Env {
 		o.Services = []string{"github", "google"}
 	}
 	if o.PoolSize == 0 {
-		o.PoolSize = 64
+		o.PoolSize = 32
 	}
 	_, url := pgtest.NewDB(t)
 	db, err := model.Open(context.Background(), url, o.PoolSize)
@@ -80,6 +95,7 @@ func New(t testing.TB, o Options) *Env {
 	env := &Env{
 		t: t, DB: db, DBURL: url, Fake: fp, FakeURL: fpURL,
 		Services: o.Services, logs: logs, Log: log, Streams: publisher.DefaultStreamConfig(),
+		batch: max(o.BatchSize, 1),
 	}
 	if o.ClusterSize > 1 {
 		env.Cluster = natstest.Cluster(t, o.ClusterSize)
@@ -110,6 +126,7 @@ func (e *Env) Config() consumer.Config {
 	c.DrainTimeout = 8 * time.Second
 	c.LockTimeout = 2 * time.Second
 	c.Backoff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
+	c.BatchSize = e.batch
 	return c
 }
 

@@ -1,0 +1,302 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/provider"
+)
+
+// ErrLockedElsewhere means a batch found a row locked by another writer; the request
+// is retried shortly rather than holding the batch's other rows while it waits.
+var ErrLockedElsewhere = errors.New("row locked by another writer")
+
+// handleBatch settles up to BatchSize messages with one transaction: one commit (one
+// WAL flush) for all their rows instead of one per row.
+func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
+	jobs := make([]*job, 0, len(msgs))
+	for _, m := range msgs {
+		if j, ok := c.prepare(m); ok {
+			jobs = append(jobs, j)
+		}
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	stop := c.keepAlive(msgs...)
+	c.refreshBatch(jobs)
+	stop()
+	for _, j := range jobs {
+		c.settle(j)
+	}
+}
+
+// group is the jobs of one batch that ask for the same credential: one lock, at most
+// one provider call, for all of them.
+type group struct {
+	key  model.Key
+	jobs []*job
+	// lead is the latest request: a refresh it needs satisfies the others too, and if
+	// it is satisfied they all are.
+	lead  *job
+	cred  *model.Credential
+	began time.Time
+	tok   provider.Token
+	err   error // the provider's
+}
+
+func (g *group) set(o Outcome, err error) {
+	for _, j := range g.jobs {
+		j.outcome, j.err = o, err
+	}
+}
+
+// refreshBatch runs one transaction for a batch of jobs and sets each job's outcome.
+//
+// Rows are locked in id order, so two consumers' batches cannot deadlock, with SKIP
+// LOCKED, so a row held elsewhere is retried later instead of holding up the batch.
+// Provider calls run concurrently; each write has its own savepoint, so a failure rolls
+// back that row only. The transaction runs on a context shutdown cannot cancel.
+func (c *Consumer) refreshBatch(jobs []*job) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.attemptTTL())
+	defer cancel()
+	groups := groupJobs(jobs)
+	ids := make([]int64, len(groups))
+	byID := make(map[int64]*group, len(groups))
+	for i, g := range groups {
+		ids[i] = g.key.ID
+		byID[g.key.ID] = g
+	}
+
+	var calls []*group // rows whose provider was called, in id order
+	txStart := time.Now()
+	err := c.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := c.setLocal(ctx, tx); err != nil {
+			return err
+		}
+		need, err := c.lockBatch(ctx, tx, ids, byID)
+		if err != nil {
+			return err
+		}
+		if len(need) == 0 {
+			return errRollback // nothing to write: no commit to flush
+		}
+		creds := make([]*model.Credential, len(need))
+		for i, g := range need {
+			creds[i] = g.cred
+		}
+		if err := c.markAttempts(ctx, creds); err != nil {
+			return err
+		}
+		calls = need
+		began := c.now().Truncate(time.Microsecond)
+		var wg sync.WaitGroup
+		for _, g := range need {
+			g.began = began
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g.tok, g.err = c.callProvider(ctx, g.key.Service, g.lead.prov, g.cred.RefreshToken)
+			}()
+		}
+		wg.Wait()
+		for _, g := range need {
+			if err := c.writeInSavepoint(ctx, tx, g, began); err != nil {
+				return err
+			}
+		}
+		if err := clearAttempts(ctx, tx, ids); err != nil {
+			return err
+		}
+		return nil
+	})
+	c.observer.Transaction(time.Since(txStart))
+	if err == nil || errors.Is(err, errRollback) {
+		c.afterBatch(calls, nil)
+		return
+	}
+	// The transaction failed as a whole. Decisions that wrote nothing (skips, missing
+	// rows) stand; everything else is retried, and tokens already issued are saved.
+	for _, g := range groups {
+		if g.jobs[0].outcome == "" || g.jobs[0].outcome == Refreshed || g.jobs[0].outcome == ReauthRequired {
+			g.set(Retried, err)
+		}
+	}
+	c.afterBatch(calls, err)
+}
+
+// groupJobs groups jobs by credential, in id order.
+func groupJobs(jobs []*job) []*group {
+	var groups []*group
+	byID := map[int64]*group{}
+	for _, j := range jobs {
+		g, ok := byID[j.req.key.ID]
+		if !ok {
+			g = &group{key: j.req.key}
+			byID[j.req.key.ID] = g
+			groups = append(groups, g)
+		}
+		g.jobs = append(g.jobs, j)
+		if g.lead == nil || j.req.requestedAt.After(g.lead.req.requestedAt) {
+			g.lead = j
+		}
+	}
+	slices.SortFunc(groups, func(a, b *group) int { return compareInt64(a.key.ID, b.key.ID) })
+	return groups
+}
+
+func compareInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// lockBatch locks the batch's rows, decides every group that needs no provider call,
+// and returns the groups that do.
+func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, byID map[int64]*group) ([]*group, error) {
+	lockStart := time.Now()
+	var creds []*model.Credential
+	err := tx.NewSelect().Model(&creds).
+		Where("id IN (?)", bun.In(ids)).
+		OrderExpr("id").
+		For("UPDATE SKIP LOCKED").
+		Scan(ctx)
+	c.observer.LockWait(time.Since(lockStart))
+	if err != nil {
+		return nil, fmt.Errorf("lock %d credentials: %w", len(ids), err)
+	}
+	for _, cred := range creds {
+		byID[cred.ID].cred = cred
+	}
+	// Rows not returned are missing or locked by someone else.
+	var absent []int64
+	for _, id := range ids {
+		if byID[id].cred == nil {
+			absent = append(absent, id)
+		}
+	}
+	if len(absent) > 0 {
+		var exist []int64
+		if err := tx.NewSelect().Model((*model.Credential)(nil)).Column("id").
+			Where("id IN (?)", bun.In(absent)).Scan(ctx, &exist); err != nil {
+			return nil, fmt.Errorf("check %d unlocked credentials: %w", len(absent), err)
+		}
+		for _, id := range absent {
+			if slices.Contains(exist, id) {
+				byID[id].set(Retried, fmt.Errorf("lock credential %d: %w", id, ErrLockedElsewhere))
+			} else {
+				byID[id].set(NotFound, nil)
+			}
+		}
+	}
+	pending, err := c.pendingAttempts(ctx, tx, creds)
+	if err != nil {
+		return nil, err
+	}
+	var need []*group
+	for _, cred := range creds {
+		g := byID[cred.ID]
+		switch {
+		case cred.Service != g.key.Service:
+			g.set(NotFound, nil)
+		case cred.Status != model.StatusActive:
+			g.set(SkippedReauth, nil)
+		case satisfied(cred.RefreshedAt, g.lead.req.requestedAt):
+			g.set(SkippedFresh, nil)
+		case c.isStopping() && g.lead.meta.NumDelivered < uint64(c.cfg.MaxDeliver):
+			g.set(Interrupted, nil)
+		case pending[cred.ID] != nil:
+			g.set(Retried, pending[cred.ID])
+		default:
+			need = append(need, g)
+		}
+	}
+	return need, nil
+}
+
+// writeInSavepoint stores one row's provider result under its own savepoint, so a
+// failing row is rolled back alone, and sets the group's outcome.
+func (c *Consumer) writeInSavepoint(ctx context.Context, tx bun.Tx, g *group, began time.Time) error {
+	if g.err != nil && !errors.Is(g.err, provider.ErrInvalidGrant) {
+		g.set(Retried, g.err)
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT row"); err != nil {
+		return err
+	}
+	var err error
+	if g.err != nil {
+		err = markReauth(ctx, tx, g.cred.ID, errOf(g.err))
+	} else {
+		err = writeToken(ctx, tx, g.cred, g.tok, began, c.cfg.DefaultTokenTTL)
+	}
+	if err != nil {
+		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT row"); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		g.set(Retried, err)
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT row"); err != nil {
+		return err
+	}
+	// The lead made the request the call answered; the others were satisfied by it.
+	for _, j := range g.jobs {
+		switch {
+		case g.err != nil && j == g.lead:
+			j.outcome, j.err = ReauthRequired, g.err
+		case g.err != nil:
+			j.outcome, j.err = SkippedReauth, nil
+		case j == g.lead:
+			j.outcome, j.err = Refreshed, nil
+		default:
+			j.outcome, j.err = SkippedFresh, nil
+		}
+	}
+	return nil
+}
+
+// afterBatch saves tokens whose write did not commit, clears the markers of calls
+// that issued none, and records failures.
+func (c *Consumer) afterBatch(calls []*group, txErr error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.attemptTTL())
+	defer cancel()
+	for _, g := range calls {
+		if g.err == nil && g.lead.outcome == Retried {
+			serr := c.salvage(ctx, g.key, &answer{cred: g.cred, tok: g.tok, began: g.began})
+			if serr == nil {
+				c.log.Warn("token saved by a second transaction after the batch failed", "subject", g.key.Subject(), "error", txErr)
+				for _, j := range g.jobs {
+					j.outcome, j.err = SkippedFresh, nil
+				}
+				g.lead.outcome = Refreshed
+				continue
+			}
+			c.log.Error("rotated token could not be stored", "subject", g.key.Subject(), "error", txErr, "salvage_error", serr)
+		}
+		if g.lead.outcome == Retried {
+			if err := clearAttempt(ctx, c.db, g.cred.ID); err != nil {
+				c.log.Warn("could not clear the attempt marker", "subject", g.key.Subject(), "error", err)
+			}
+		}
+	}
+	for _, g := range calls {
+		if g.lead.outcome == Retried && g.lead.err != nil {
+			if err := c.recordFailure(g.key, errOf(g.lead.err)); err != nil {
+				c.log.Warn("could not record failure", "subject", g.key.Subject())
+			}
+		}
+	}
+}
