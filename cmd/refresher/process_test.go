@@ -82,6 +82,25 @@ func start(t *testing.T, env []string, args ...string) *proc {
 	return p
 }
 
+// waitBound waits until a consume process logs that it is bound to the durable, and
+// fails with its output if it exits or takes too long.
+func (p *proc) waitBound(t *testing.T) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(p.stderr.String(), `"msg":"consuming"`) {
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("%v exited before binding: %v\n%s", p.cmd.Args, err, p.stderr.String())
+		case <-deadline:
+			t.Fatalf("%v not bound after 30s\n%s", p.cmd.Args, p.stderr.String())
+		case <-tick.C:
+		}
+	}
+}
+
 // wait returns the exit code, failing the test if the process outlives timeout.
 func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 	t.Helper()
@@ -175,10 +194,8 @@ func TestProcessesEndToEnd(t *testing.T) {
 		consumers[i] = start(t, env, "consume")
 		outputs = append(outputs, consumers[i])
 	}
-	for i, c := range consumers {
-		fleettest.Eventually(t, 30*time.Second, fmt.Sprintf("consumer %d bound", i), func() bool {
-			return strings.Contains(c.stderr.String(), `"msg":"consuming"`)
-		})
+	for _, c := range consumers {
+		c.waitBound(t)
 	}
 
 	// Both services' schedules, each run twice at the same moment.
@@ -289,16 +306,18 @@ func TestSIGKILLFleet(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
+	fleettest.BothModes(t, testSIGKILLFleet)
+}
+
+func testSIGKILLFleet(t *testing.T, batch int) {
 	fx := fleettest.New(t, fleettest.Options{Latency: 5 * time.Millisecond, Grace: 30 * time.Second})
-	env := processEnv(fx)
+	env := append(processEnv(fx), fmt.Sprintf("REFRESHER_BATCH_SIZE=%d", batch))
 	const rows = 1000
 	ids := fx.Seed("github", rows)
 	consumers := make([]*proc, 3)
 	startConsumer := func(i int) {
 		consumers[i] = start(t, env, "consume")
-		fleettest.Eventually(t, 30*time.Second, "consumer bound", func() bool {
-			return strings.Contains(consumers[i].stderr.String(), `"msg":"consuming"`)
-		})
+		consumers[i].waitBound(t)
 	}
 	for i := range consumers {
 		startConsumer(i)
