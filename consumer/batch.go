@@ -240,7 +240,7 @@ func (c *Consumer) writeInSavepoint(ctx context.Context, tx bun.Tx, g *group, be
 	if g.err != nil {
 		err = markReauth(ctx, tx, g.cred.ID, errOf(g.err))
 	} else {
-		err = writeToken(ctx, tx, g.cred, g.tok, began, c.cfg.DefaultTokenTTL)
+		err = c.writeToken(ctx, tx, g.cred, g.tok, began)
 	}
 	if err != nil {
 		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT row"); rerr != nil {

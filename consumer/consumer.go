@@ -32,7 +32,8 @@ type Consumer struct {
 	now       func() time.Time
 	stats     counters
 	observer  Observer
-	naive     bool // test-only: the unlocked read-call-write path the lock exists to prevent
+	keyring   *model.Keyring // nil: tokens stored in plaintext
+	naive     bool           // test-only: the unlocked read-call-write path the lock exists to prevent
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when shutdown begins: no new provider calls
@@ -44,6 +45,9 @@ type Option func(*Consumer)
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(c *Consumer) { c.log = l } }
+
+// WithKeyring encrypts the token columns at rest with k (see model.Keyring).
+func WithKeyring(k *model.Keyring) Option { return func(c *Consumer) { c.keyring = k } }
 
 // WithStreamConfig sets how the streams are created (default DefaultStreamConfig).
 func WithStreamConfig(sc publisher.StreamConfig) Option {

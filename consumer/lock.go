@@ -96,7 +96,7 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 		if err := clearAttempt(ctx, tx, cred.ID); err != nil {
 			return err
 		}
-		if err := writeToken(ctx, tx, cred, tok, began, c.cfg.DefaultTokenTTL); err != nil {
+		if err := c.writeToken(ctx, tx, cred, tok, began); err != nil {
 			return err
 		}
 		outcome = Refreshed
@@ -166,7 +166,7 @@ func (c *Consumer) salvage(ctx context.Context, key model.Key, a *answer) error 
 			if cur.Version != a.cred.Version {
 				return nil
 			}
-			if err := writeToken(ctx, tx, cur, a.tok, a.began, c.cfg.DefaultTokenTTL); err != nil {
+			if err := c.writeToken(ctx, tx, cur, a.tok, a.began); err != nil {
 				return err
 			}
 			if cur.Status != model.StatusActive {
@@ -191,7 +191,11 @@ func (c *Consumer) salvage(ctx context.Context, key model.Key, a *answer) error 
 }
 
 // callProvider makes one token request and measures it.
-func (c *Consumer) callProvider(ctx context.Context, service string, prov provider.Refresher, refreshToken string) (provider.Token, error) {
+func (c *Consumer) callProvider(ctx context.Context, service string, prov provider.Refresher, storedRefreshToken string) (provider.Token, error) {
+	refreshToken, err := c.keyring.Open("refresh_token", storedRefreshToken)
+	if err != nil {
+		return provider.Token{}, err
+	}
 	start := time.Now()
 	tok, err := prov.Refresh(ctx, refreshToken)
 	c.stats.providerCall()
@@ -232,19 +236,26 @@ func lockCredential(ctx context.Context, tx bun.IDB, key model.Key) (*model.Cred
 	return cred, nil
 }
 
-// writeToken stores a refresh's result: only the token columns and bookkeeping, so
-// concurrent application writes to other columns survive.
-func writeToken(ctx context.Context, tx bun.IDB, cred *model.Credential, tok provider.Token, began time.Time, ttl time.Duration) error {
-	refreshToken := tok.RefreshToken
-	if refreshToken == "" {
-		refreshToken = cred.RefreshToken // the provider did not rotate
+// writeToken stores a refresh's result, sealed when a keyring is configured: only the
+// token columns and bookkeeping, so concurrent application writes to other columns
+// survive.
+func (c *Consumer) writeToken(ctx context.Context, tx bun.IDB, cred *model.Credential, tok provider.Token, began time.Time) error {
+	accessToken, err := c.keyring.Seal("access_token", tok.AccessToken)
+	if err != nil {
+		return err
+	}
+	refreshToken := cred.RefreshToken // stored form: kept when the provider did not rotate
+	if tok.RefreshToken != "" {
+		if refreshToken, err = c.keyring.Seal("refresh_token", tok.RefreshToken); err != nil {
+			return err
+		}
 	}
 	expires := tok.Expiry
 	if expires.IsZero() {
-		expires = began.Add(ttl)
+		expires = began.Add(c.cfg.DefaultTokenTTL)
 	}
 	res, err := tx.NewUpdate().Model((*model.Credential)(nil)).
-		Set("access_token = ?", tok.AccessToken).
+		Set("access_token = ?", accessToken).
 		Set("refresh_token = ?", refreshToken).
 		Set("expires_at = ?", expires).
 		Set("refreshed_at = ?", began).

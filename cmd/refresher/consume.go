@@ -104,6 +104,10 @@ Unless --http is empty it serves, on that address:
 				return err
 			}
 			defer nc.Close()
+			keyring, err := config.Keyring()
+			if err != nil {
+				return err
+			}
 			names := make([]string, 0, len(providers))
 			for name := range providers {
 				names = append(names, name)
@@ -111,7 +115,8 @@ Unless --http is empty it serves, on that address:
 			m := metrics.New(names...)
 			m.WatchNATS(nc)
 			c, err := consumer.New(db, nc, providers, cfg,
-				consumer.WithLogger(e.log), consumer.WithStreamConfig(streams), consumer.WithObserver(m))
+				consumer.WithLogger(e.log), consumer.WithStreamConfig(streams), consumer.WithObserver(m),
+				consumer.WithKeyring(keyring))
 			if err != nil {
 				return &config.Error{Err: err}
 			}

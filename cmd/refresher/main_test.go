@@ -20,12 +20,10 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestEveryCommandHasHelp(t *testing.T) {
-	for _, cmd := range []string{"", "migrate", "seed", "publish", "consume", "config", "fake-provider", "demo", "verify"} {
+	for _, cmd := range []string{"", "migrate", "seed", "publish", "consume", "config", "fake-provider", "demo", "verify",
+		"replay", "dlq", "dlq list", "dlq replay", "dlq purge", "status", "bench", "rekey"} {
 		t.Run(cmd, func(t *testing.T) {
-			args := []string{"--help"}
-			if cmd != "" {
-				args = []string{cmd, "--help"}
-			}
+			args := append(strings.Fields(cmd), "--help")
 			code, out, _ := runCLI(t, args...)
 			if code != 0 || !strings.Contains(out, "Usage:") {
 				t.Fatalf("%s --help: exit %d, output %q", cmd, code, out)
@@ -80,6 +78,8 @@ func TestBadConfiguration(t *testing.T) {
 		{"missing service flag", []string{"publish"}, nil, nil, `required flag(s) "service"`},
 		{"unknown flag", []string{"consume", "--fast"}, nil, nil, "unknown flag: --fast"},
 		{"bad concurrency flag", []string{"consume", "--concurrency", "0"}, nil, nil, "REFRESHER_CONCURRENCY=0"},
+		{"bad encryption keys", []string{"seed", "--service", "github", "--count", "1"}, map[string]string{"REFRESHER_ENCRYPTION_KEYS": "k1:short"}, nil, `bad REFRESHER_ENCRYPTION_KEYS: key "k1"`},
+		{"rekey without keys", []string{"rekey"}, nil, []string{"REFRESHER_ENCRYPTION_KEYS"}, "REFRESHER_ENCRYPTION_KEYS is not set"},
 		{"seed bad count", []string{"seed", "--service", "github", "--count", "0"}, nil, nil, "--count 0"},
 		{"unknown command", []string{"refresh-all"}, nil, nil, "unknown command"},
 	}

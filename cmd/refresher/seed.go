@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/seed"
 	"github.com/refresher/refresher/model"
 )
@@ -27,12 +28,16 @@ func seedCmd(e *env) *cobra.Command {
 			if count < 1 {
 				return usageError{fmt.Errorf("--count %d: must be at least 1", count)}
 			}
+			keyring, err := config.Keyring()
+			if err != nil {
+				return err
+			}
 			db, err := openDB(cmd.Context(), 2)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
-			n, err := seed.Insert(cmd.Context(), db, service, count, expiresIn)
+			n, err := seed.InsertSealed(cmd.Context(), db, keyring, service, count, expiresIn)
 			fmt.Fprintf(e.stdout, "inserted %d %s credentials\n", n, service)
 			return err
 		},

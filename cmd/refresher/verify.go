@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/verify"
 )
 
@@ -19,12 +20,16 @@ func verifyCmd(e *env) *cobra.Command {
 			if providerURL == "" {
 				return usageError{errors.New("--provider is required")}
 			}
+			keyring, err := config.Keyring()
+			if err != nil {
+				return err
+			}
 			db, err := openDB(cmd.Context(), 2)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
-			rep, err := verify.Check(cmd.Context(), db, verify.Remote{BaseURL: providerURL})
+			rep, err := verify.CheckSealed(cmd.Context(), db, keyring, verify.Remote{BaseURL: providerURL})
 			if err != nil {
 				return err
 			}

@@ -40,6 +40,8 @@ type Options struct {
 	ClusterSize int
 	// BatchSize is the consumer batch size Config returns (default 1: per row).
 	BatchSize int
+	// Keyring, when set, encrypts the token columns (seeding, consumers, Verify).
+	Keyring *model.Keyring
 }
 
 // BatchSizes are the consumer modes every invariant is tested in: one row per
@@ -62,6 +64,7 @@ type Env struct {
 	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
 	Streams  publisher.StreamConfig
 	batch    int
+	Keyring  *model.Keyring
 	Fake     *fake.Provider
 	FakeURL  string
 	Services []string
@@ -95,7 +98,7 @@ func New(t testing.TB, o Options) *Env {
 	env := &Env{
 		t: t, DB: db, DBURL: url, Fake: fp, FakeURL: fpURL,
 		Services: o.Services, logs: logs, Log: log, Streams: publisher.DefaultStreamConfig(),
-		batch: max(o.BatchSize, 1),
+		batch: max(o.BatchSize, 1), Keyring: o.Keyring,
 	}
 	if o.ClusterSize > 1 {
 		env.Cluster = natstest.Cluster(t, o.ClusterSize)
@@ -192,7 +195,7 @@ func (r *Running) Done() <-chan error { return r.done }
 func (e *Env) StartConsumer(cfg consumer.Config, opts ...consumer.Option) *Running {
 	e.t.Helper()
 	c, err := consumer.New(e.DB, e.Conn(), e.Providers(cfg.ProviderTimeout), cfg,
-		append([]consumer.Option{consumer.WithLogger(e.Log), consumer.WithStreamConfig(e.Streams)}, opts...)...)
+		append([]consumer.Option{consumer.WithLogger(e.Log), consumer.WithStreamConfig(e.Streams), consumer.WithKeyring(e.Keyring)}, opts...)...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -218,7 +221,7 @@ func (e *Env) StartConsumer(cfg consumer.Config, opts ...consumer.Option) *Runni
 func (e *Env) Seed(service string, n int) []int64 {
 	e.t.Helper()
 	ctx := context.Background()
-	if _, err := seed.Insert(ctx, e.DB, service, n, 10*time.Minute); err != nil {
+	if _, err := seed.InsertSealed(ctx, e.DB, e.Keyring, service, n, 10*time.Minute); err != nil {
 		e.t.Fatal(err)
 	}
 	var ids []int64
@@ -256,7 +259,7 @@ func (e *Env) WaitIdle(timeout time.Duration) {
 // any reauth_required row, or any replaced token sent.
 func (e *Env) Verify() verify.Report {
 	e.t.Helper()
-	rep, err := verify.Check(context.Background(), e.DB, verify.Local{P: e.Fake})
+	rep, err := verify.CheckSealed(context.Background(), e.DB, e.Keyring, verify.Local{P: e.Fake})
 	if err != nil {
 		e.t.Fatal(err)
 	}

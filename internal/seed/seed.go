@@ -22,6 +22,11 @@ func Lineage(service string, accountID int64) string {
 // highest one already present, access tokens expiring in expiresIn, and gen-0 tokens
 // the fake provider adopts on first use. It returns the number inserted.
 func Insert(ctx context.Context, db bun.IDB, service string, count int, expiresIn time.Duration) (int, error) {
+	return InsertSealed(ctx, db, nil, service, count, expiresIn)
+}
+
+// InsertSealed is Insert with the tokens sealed by k (nil: plaintext).
+func InsertSealed(ctx context.Context, db bun.IDB, k *model.Keyring, service string, count int, expiresIn time.Duration) (int, error) {
 	if err := model.ValidateService(service); err != nil {
 		return 0, err
 	}
@@ -42,7 +47,10 @@ func Insert(ctx context.Context, db bun.IDB, service string, count int, expiresI
 		rows := make([]model.Credential, n)
 		for i := range rows {
 			account := maxAccount + int64(inserted+i+1)
-			access, refresh := fake.SeedTokens(Lineage(service, account))
+			access, refresh, err := k.SealTokens(fake.SeedTokens(Lineage(service, account)))
+			if err != nil {
+				return inserted, err
+			}
 			rows[i] = model.Credential{
 				AccountID: account, Service: service,
 				AccessToken: access, RefreshToken: refresh,
