@@ -294,6 +294,51 @@ func TestProcessesEndToEnd(t *testing.T) {
 	if m := tokenRE.FindString(fx.Logs()); m != "" {
 		t.Fatalf("a token value appears in the fake provider's logs")
 	}
+	assertNoTokenInMessages(t, fx)
+	// Errors recorded on rows carry no token either.
+	var lastErrors []string
+	if err := fx.DB.NewSelect().Model((*model.Credential)(nil)).Column("last_error").Where("last_error IS NOT NULL").
+		Scan(context.Background(), &lastErrors); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range lastErrors {
+		if tokenRE.MatchString(e) {
+			t.Fatal("a token value appears in credentials.last_error")
+		}
+	}
+}
+
+// assertNoTokenInMessages reads every message of REFRESH and REFRESH_DLQ, subject,
+// headers and body, and fails if any carries a token value.
+func assertNoTokenInMessages(t *testing.T, fx *fleettest.Env) {
+	t.Helper()
+	ctx := context.Background()
+	js := fx.JS()
+	for _, name := range []string{publisher.Stream, publisher.DLQStream} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+			m, err := s.GetMsg(ctx, seq)
+			if err != nil {
+				continue // deleted
+			}
+			n++
+			all := m.Subject + fmt.Sprint(m.Header) + string(m.Data)
+			if tokenRE.MatchString(all) {
+				t.Fatalf("%s message %d carries a token value", name, seq)
+			}
+		}
+		if n == 0 && name == publisher.Stream {
+			t.Fatalf("read no message from %s: the check proved nothing", name)
+		}
+	}
 }
 
 // TestSIGKILLFleet kills consumer processes with SIGKILL at random moments, several
