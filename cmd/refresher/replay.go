@@ -1,0 +1,169 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/refresher/refresher/internal/config"
+	"github.com/refresher/refresher/internal/natsconn"
+	"github.com/refresher/refresher/internal/progress"
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/publisher"
+)
+
+func replayCmd(e *env) *cobra.Command {
+	var (
+		f   replayFlags
+		dlq bool
+	)
+	cmd := &cobra.Command{
+		Use:   "replay --since 2h | --from RFC3339 [--until RFC3339] [--service S] [--dlq] [--dry-run]",
+		Short: "Re-request the refreshes asked for in a window of the stream, once per credential",
+		Long: `Read the refresh requests stored in REFRESH (with --dlq, the dead letters in
+REFRESH_DLQ) from --since ago or --from a time, up to --until or the last message
+stored when the replay starts, and republish one request per credential to
+refresh.<service>.<id>, with Refresh-Requested-At set to the latest time it was asked
+for and a Nats-Msg-Id unique to this run.
+
+Consumers apply the skip rule to each: credentials refreshed since they were asked for
+cost a row lock and no provider call; only the others are refreshed. So replaying a
+window after an outage re-does exactly what the outage left undone.
+
+Messages that are not requests (a subject, body or header that does not parse) are
+counted as skipped. Once old requests have expired from REFRESH
+(REFRESHER_STREAM_MAX_AGE), a window starting before the oldest one left is an error
+that names that message's time: replay from there, knowing what is older is gone.
+
+Prints read, distinct, skipped, republished and failed counts. Exit status is 0 when
+every request was republished, 1 otherwise, 2 for bad flags.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts, err := f.options(cmd.Flags(), time.Now())
+			if err != nil {
+				return err
+			}
+			opts.DLQ = dlq
+			return runReplay(cmd, e, opts)
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().BoolVar(&dlq, "dlq", false, "replay dead letters from REFRESH_DLQ instead of requests from REFRESH")
+	return cmd
+}
+
+// replayFlags are the window flags of `replay` and `dlq replay`.
+type replayFlags struct {
+	since       time.Duration
+	from, until string
+	service     string
+	dryRun      bool
+}
+
+func (f *replayFlags) register(fs *pflag.FlagSet) {
+	fs.DurationVar(&f.since, "since", 0, "start the window this long ago, like 2h (or give --from)")
+	fs.StringVar(&f.from, "from", "", "start the window at this time, RFC 3339 like 2026-11-26T10:00:00Z (or give --since)")
+	fs.StringVar(&f.until, "until", "", "end the window at this time, RFC 3339 (default: the last message stored when the replay starts)")
+	fs.StringVar(&f.service, "service", "", "replay only this service's requests")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "read and count, publish nothing")
+}
+
+// options turns the flags into ReplayOptions, with a usage error naming the flag
+// for anything that does not describe a window ending after it starts.
+func (f *replayFlags) options(fs *pflag.FlagSet, now time.Time) (publisher.ReplayOptions, error) {
+	var o publisher.ReplayOptions
+	sinceSet, fromSet := fs.Changed("since"), fs.Changed("from")
+	switch {
+	case sinceSet && fromSet:
+		return o, usageError{errors.New("--since and --from both start the window: give one")}
+	case !sinceSet && !fromSet:
+		return o, usageError{errors.New("give the start of the window: --since 2h or --from 2026-11-26T10:00:00Z")}
+	case sinceSet:
+		if f.since <= 0 {
+			return o, usageError{fmt.Errorf("--since %s: must be positive", f.since)}
+		}
+		o.From = now.Add(-f.since)
+	default:
+		t, err := parseFlagTime("--from", f.from)
+		if err != nil {
+			return o, err
+		}
+		if t.After(now) {
+			return o, usageError{fmt.Errorf("--from %s is in the future", f.from)}
+		}
+		o.From = t
+	}
+	if fs.Changed("until") {
+		t, err := parseFlagTime("--until", f.until)
+		if err != nil {
+			return o, err
+		}
+		if t.Before(o.From) {
+			return o, usageError{fmt.Errorf("--until %s is before the start of the window (%s)",
+				f.until, o.From.UTC().Format(time.RFC3339))}
+		}
+		o.Until = t
+	}
+	if fs.Changed("service") {
+		if err := model.ValidateService(f.service); err != nil {
+			return o, usageError{fmt.Errorf("--service: %w", err)}
+		}
+		o.Service = f.service
+	}
+	o.DryRun = f.dryRun
+	return o, nil
+}
+
+func parseFlagTime(flag, v string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, usageError{fmt.Errorf("%s %q: want an RFC 3339 time, like 2026-11-26T10:00:00Z", flag, v)}
+	}
+	return t, nil
+}
+
+// runReplay connects, replays and prints the counts.
+func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
+	var pc config.Publish
+	if err := config.Load(&pc); err != nil {
+		return err
+	}
+	natsURL, err := config.NATSURL()
+	if err != nil {
+		return err
+	}
+	nc, err := natsconn.Connect(natsURL, "refresher-replay", e.log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	p, err := publisher.New(nc, publisher.WithMaxInFlight(pc.MaxInFlight), publisher.WithLogger(e.log))
+	if err != nil {
+		return &config.Error{Err: fmt.Errorf("REFRESHER_PUBLISH_MAX_IN_FLIGHT: %w", err)}
+	}
+	line := progress.New(e.stderr)
+	opts.Progress = func(pr publisher.ReplayProgress) {
+		line.Printf("%s: %d of %d", pr.Phase, pr.Done, pr.Total)
+	}
+	start := time.Now()
+	res, err := p.Replay(cmd.Context(), opts)
+	line.Clear()
+	if err != nil && res.Read == 0 && !errors.Is(err, publisher.ErrNotPublished) {
+		return err
+	}
+	until := "last"
+	if !opts.Until.IsZero() {
+		until = opts.Until.UTC().Format(time.RFC3339)
+	}
+	dry := ""
+	if opts.DryRun {
+		dry = " (dry run: nothing published)"
+	}
+	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d elapsed=%s%s\n",
+		res.Stream, opts.From.UTC().Format(time.RFC3339), until, res.Read, res.Distinct, res.Skipped,
+		res.Republished, res.Failed, time.Since(start).Round(time.Millisecond), dry)
+	return err
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/refresher/refresher/consumer"
+	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/publisher"
+)
+
+func TestReplayAndDLQHelp(t *testing.T) {
+	for _, args := range [][]string{
+		{"replay", "--help"}, {"dlq", "--help"}, {"dlq"},
+		{"dlq", "list", "--help"}, {"dlq", "replay", "--help"}, {"dlq", "purge", "--help"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, out, _ := runCLI(t, args...)
+			if code != 0 || !strings.Contains(out, "Usage:") {
+				t.Fatalf("exit %d, output %q", code, out)
+			}
+		})
+	}
+}
+
+// TestReplayFlags: every bad flag stops the command with exit 2 and a message naming
+// it, before anything connects (NATS_URL points nowhere: a connection would exit 1).
+func TestReplayFlags(t *testing.T) {
+	t.Setenv("NATS_URL", "nats://127.0.0.1:1")
+	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no start", []string{"replay"}, "give the start of the window: --since 2h or --from"},
+		{"since and from", []string{"replay", "--since", "1h", "--from", "2026-11-26T10:00:00Z"}, "--since and --from both start the window"},
+		{"negative since", []string{"replay", "--since", "-2h"}, "--since -2h0m0s: must be positive"},
+		{"zero since", []string{"replay", "--since", "0s"}, "--since 0s: must be positive"},
+		{"since not a duration", []string{"replay", "--since", "2 hours"}, `invalid argument "2 hours" for "--since"`},
+		{"bad from", []string{"replay", "--from", "yesterday"}, `--from "yesterday": want an RFC 3339 time`},
+		{"from without zone", []string{"replay", "--from", "2026-11-26T10:00:00"}, `--from "2026-11-26T10:00:00": want an RFC 3339 time`},
+		{"future from", []string{"replay", "--from", future}, "--from " + future + " is in the future"},
+		{"bad until", []string{"replay", "--since", "1h", "--until", "now"}, `--until "now": want an RFC 3339 time`},
+		{"until before from", []string{"replay", "--from", "2026-11-26T10:00:00Z", "--until", "2026-11-26T09:00:00Z"}, "--until 2026-11-26T09:00:00Z is before the start of the window (2026-11-26T10:00:00Z)"},
+		{"until before since", []string{"replay", "--since", "1h", "--until", "2020-01-01T00:00:00Z"}, "--until 2020-01-01T00:00:00Z is before the start of the window"},
+		{"bad service", []string{"replay", "--since", "1h", "--service", "Git Hub"}, `--service: bad service name "Git Hub"`},
+		{"empty service", []string{"replay", "--since", "1h", "--service", ""}, `--service: bad service name ""`},
+		{"arguments", []string{"replay", "--since", "1h", "github"}, `unknown command "github"`},
+		{"dlq replay no start", []string{"dlq", "replay"}, "give the start of the window"},
+		{"dlq replay bad service", []string{"dlq", "replay", "--since", "1h", "--service", "a.b"}, `--service: bad service name "a.b"`},
+		{"dlq replay negative since", []string{"dlq", "replay", "--since", "-1m"}, "--since -1m0s: must be positive"},
+		{"dlq replay has no --dlq", []string{"dlq", "replay", "--since", "1h", "--dlq"}, "unknown flag: --dlq"},
+		{"dlq list negative limit", []string{"dlq", "list", "--limit", "-1"}, "--limit -1: must not be negative"},
+		{"dlq list limit not a number", []string{"dlq", "list", "--limit", "ten"}, `invalid argument "ten" for "--limit"`},
+		{"dlq purge negative", []string{"dlq", "purge", "--older-than", "-24h"}, "--older-than -24h0m0s: must be positive"},
+		{"dlq purge zero", []string{"dlq", "purge", "--older-than", "0s"}, "--older-than 0s: must be positive"},
+		{"dlq purge not a duration", []string{"dlq", "purge", "--older-than", "7d"}, `invalid argument "7d" for "--older-than"`},
+		{"dlq unknown subcommand", []string{"dlq", "show"}, `unknown command "show"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, tt.args...)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %q", code, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Fatalf("stderr %q does not contain %q", stderr, tt.want)
+			}
+		})
+	}
+}
+
+// TestReplayAndDLQCommands runs replay and the dlq commands against real NATS and a
+// consumer fleet: list the dead letters of garbage and of a provider outage, count a
+// dry run, complete the dead-lettered requests with `dlq replay` once the provider is
+// back, purge, and refuse a window reaching past expired requests.
+func TestReplayAndDLQCommands(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	t.Setenv("NATS_URL", env.NATS.URL())
+	ctx := context.Background()
+	ids := env.Seed("github", 3)
+	cfg := env.Config()
+	cfg.MaxDeliver = 2
+	env.StartConsumer(cfg)
+	p := env.Publisher(publisher.WithWindow(0))
+	js := env.JS()
+
+	if _, err := js.Publish(ctx, "refresh.github.x", nil); err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 30*time.Second, "the garbage dead-lettered", func() bool { return len(env.DeadLetters()) == 1 })
+	env.Fake.SetOutage(true)
+	if _, err := p.Publish(ctx, "github", ids...); err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 30*time.Second, "4 dead letters", func() bool { return len(env.DeadLetters()) == 4 })
+	waitSettled(t, env)
+
+	run := func(want int, args ...string) (string, string) {
+		t.Helper()
+		code, out, stderr := runCLI(t, args...)
+		if code != want {
+			t.Fatalf("%s: exit %d, want %d; stdout %q, stderr %q", strings.Join(args, " "), code, want, out, stderr)
+		}
+		if strings.Contains(stderr, "\r") {
+			t.Fatalf("%s: progress drawn off a terminal: %q", strings.Join(args, " "), stderr)
+		}
+		return out, stderr
+	}
+	mustContain := func(out string, wants ...string) {
+		t.Helper()
+		for _, w := range wants {
+			if !strings.Contains(out, w) {
+				t.Errorf("output %q lacks %q", out, w)
+			}
+		}
+	}
+
+	out, _ := run(0, "dlq", "list")
+	mustContain(out, "SEQ", "TIME", "ORIGINAL SUBJECT", "DELIVERIES", "REASON",
+		"refresh.github.x", "malformed: bad subject", "retried:", "refresh.github.1")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 5 {
+		t.Errorf("dlq list printed %d lines, want a header and 4 rows:\n%s", len(lines), out)
+	}
+
+	out, _ = run(0, "dlq", "list", "--json", "--limit", "2")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("dlq list --json --limit 2 printed %d lines:\n%s", len(lines), out)
+	}
+	for _, l := range lines {
+		var dl publisher.DeadLetter
+		if err := json.Unmarshal([]byte(l), &dl); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		if !strings.HasPrefix(dl.OriginalSubject, "refresh.github.") || dl.Deliveries != 2 || dl.Time.IsZero() || !strings.HasPrefix(dl.Reason, "retried:") {
+			t.Errorf("dead letter %+v: want a retried github request after 2 deliveries", dl)
+		}
+	}
+
+	before := streamLastSeq(t, js, publisher.Stream)
+	out, _ = run(0, "replay", "--since", "1h", "--dry-run")
+	mustContain(out, "stream=REFRESH", "read=4 distinct=3 skipped=1 republished=0 failed=0", "dry run")
+	if got := streamLastSeq(t, js, publisher.Stream); got != before {
+		t.Fatalf("dry run published: last sequence %d -> %d", before, got)
+	}
+	out, _ = run(0, "replay", "--since", "1h", "--service", "google")
+	mustContain(out, "read=0 distinct=0 skipped=0 republished=0")
+
+	env.Fake.SetOutage(false)
+	calls := env.Fake.Stats().Calls
+	out, _ = run(0, "dlq", "replay", "--since", "1h", "--service", "github")
+	mustContain(out, "stream=REFRESH_DLQ", "read=4 distinct=3 skipped=1 republished=3 failed=0")
+	waitSettled(t, env)
+	if got := env.Fake.Stats().Calls - calls; got != 3 {
+		t.Fatalf("dlq replay made %d provider calls, want 3", got)
+	}
+	env.Verify()
+
+	out, _ = run(0, "dlq", "purge", "--older-than", "1h")
+	mustContain(out, "removed 0 dead letters stored before")
+	out, _ = run(0, "dlq", "purge")
+	mustContain(out, "removed 4 dead letters")
+	out, _ = run(0, "dlq", "list")
+	mustContain(out, "no dead letters")
+
+	// Old requests expire: a window reaching past them is refused, naming the oldest left.
+	s, err := js.Stream(ctx, publisher.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSequence(3)); err != nil {
+		t.Fatal(err)
+	}
+	oldest, err := s.GetMsg(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stderr := run(1, "replay", "--since", "1h")
+	mustContain(stderr, "reaches back to "+oldest.Time.UTC().Format(time.RFC3339Nano))
+	out, _ = run(0, "replay", "--from", oldest.Time.UTC().Format(time.RFC3339Nano), "--dry-run")
+	mustContain(out, "read=")
+}
+
+func streamLastSeq(t *testing.T, js jetstream.JetStream, name string) uint64 {
+	t.Helper()
+	s, err := js.Stream(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// waitSettled waits until the fleet has settled (acknowledged or terminated) every
+// request REFRESH holds now. WaitIdle alone can return before the durable has even
+// counted the newest requests: the server tells consumers about a stored message
+// asynchronously, after the publish ack.
+func waitSettled(t *testing.T, env *fleettest.Env) {
+	t.Helper()
+	ctx := context.Background()
+	js := env.JS()
+	last := streamLastSeq(t, js, publisher.Stream)
+	fleettest.Eventually(t, 30*time.Second, fmt.Sprintf("the fleet to settle requests up to %d", last), func() bool {
+		c, err := js.Consumer(ctx, publisher.Stream, consumer.Durable)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.AckFloor.Stream >= last
+	})
+	env.WaitIdle(30 * time.Second)
+}

@@ -1,0 +1,166 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Headers of every dead letter in REFRESH_DLQ. They are defined here, beside the
+// stream, because both the consumer (which writes dead letters) and the replay and
+// dlq commands (which read them) need them, and the consumer imports this package.
+const (
+	// HeaderOriginalSubject is the subject the request was published to.
+	HeaderOriginalSubject = "Refresh-Original-Subject"
+	// HeaderReason says why the request could not be satisfied.
+	HeaderReason = "Refresh-Reason"
+	// HeaderDeliveries is how many times the request was delivered before it died.
+	HeaderDeliveries = "Refresh-Deliveries"
+	// HeaderStreamSeq is the request's sequence in REFRESH.
+	HeaderStreamSeq = "Refresh-Stream-Sequence"
+	// HeaderDeadAt is when the request was dead-lettered (RFC 3339).
+	HeaderDeadAt = "Refresh-Dead-Lettered-At"
+)
+
+// DeadLetter is one message of REFRESH_DLQ, as operators list it. It carries no
+// body: requests hold ids, and a garbage body is nothing to print.
+type DeadLetter struct {
+	// Sequence is the dead letter's position in REFRESH_DLQ.
+	Sequence uint64 `json:"sequence"`
+	// Time is when REFRESH_DLQ stored it.
+	Time time.Time `json:"time"`
+	// OriginalSubject is the request's subject (the dead letter's, less "dlq.", when
+	// the header is missing).
+	OriginalSubject string `json:"original_subject"`
+	// Reason says why the request died.
+	Reason string `json:"reason"`
+	// Deliveries is how often it was delivered; 0 when not recorded.
+	Deliveries uint64 `json:"deliveries"`
+	// OriginalSequence is its sequence in REFRESH; 0 when not recorded.
+	OriginalSequence uint64 `json:"original_sequence,omitempty"`
+}
+
+// ListDeadLetters calls fn, oldest first, for each of the last limit dead letters in
+// REFRESH_DLQ (every one when limit is 0), as of the call. It holds at most limit
+// dead letters in memory, none when limit is 0. An error from fn stops the listing
+// and is returned.
+func ListDeadLetters(ctx context.Context, js jetstream.JetStream, limit int, fn func(DeadLetter) error) error {
+	if limit < 0 {
+		return fmt.Errorf("limit %d: must not be negative", limit)
+	}
+	s, st, err := dlqState(ctx, js)
+	if err != nil || st.Msgs == 0 {
+		return err
+	}
+	start := st.FirstSeq
+	// The last limit messages lie within the last limit+deleted sequences.
+	if span := uint64(limit) + uint64(st.NumDeleted); limit > 0 && st.LastSeq-st.FirstSeq+1 > span {
+		start = st.LastSeq - span + 1
+	}
+	var (
+		ring []DeadLetter // the newest limit seen so far, when limiting
+		next int
+		ferr error
+	)
+	err = readStream(ctx, s, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   start,
+	}, st.LastSeq, func(msg jetstream.Msg, meta *jetstream.MsgMetadata, _ int) bool {
+		dl := deadLetter(msg, meta)
+		if limit == 0 {
+			ferr = fn(dl)
+			return ferr == nil
+		}
+		if len(ring) < limit {
+			ring = append(ring, dl)
+		} else {
+			ring[next] = dl
+			next = (next + 1) % limit
+		}
+		return true
+	})
+	if ferr != nil {
+		return ferr
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", DLQStream, err)
+	}
+	for i := range ring {
+		if err := fn(ring[(next+i)%len(ring)]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deadLetter reads the listing of one REFRESH_DLQ message.
+func deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata) DeadLetter {
+	h := msg.Headers()
+	dl := DeadLetter{
+		Sequence:        meta.Sequence.Stream,
+		Time:            meta.Timestamp,
+		OriginalSubject: h.Get(HeaderOriginalSubject),
+		Reason:          h.Get(HeaderReason),
+	}
+	if dl.OriginalSubject == "" {
+		dl.OriginalSubject = msg.Subject()[min(len(DLQPrefix), len(msg.Subject())):]
+	}
+	dl.Deliveries, _ = strconv.ParseUint(h.Get(HeaderDeliveries), 10, 64)
+	dl.OriginalSequence, _ = strconv.ParseUint(h.Get(HeaderStreamSeq), 10, 64)
+	return dl
+}
+
+// PurgeDeadLetters removes the dead letters REFRESH_DLQ stored before before (every
+// one present at the call when before is zero) and returns how many it removed.
+// Dead letters arriving during the purge are kept.
+func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.Time) (uint64, error) {
+	s, st, err := dlqState(ctx, js)
+	if err != nil || st.Msgs == 0 {
+		return 0, err
+	}
+	// Purge by sequence, not by time: the stream is in time order, so "older than" is
+	// every sequence below the first one stored at or after the cutoff.
+	upTo := st.LastSeq + 1
+	if !before.IsZero() {
+		err := readStream(ctx, s, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartTimePolicy,
+			OptStartTime:  &before,
+		}, st.LastSeq, func(_ jetstream.Msg, meta *jetstream.MsgMetadata, _ int) bool {
+			upTo = meta.Sequence.Stream
+			return false
+		})
+		if err != nil {
+			return 0, fmt.Errorf("find dead letters before %s: %w", before.UTC().Format(time.RFC3339), err)
+		}
+	}
+	if upTo <= st.FirstSeq {
+		return 0, nil
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSequence(upTo)); err != nil {
+		return 0, fmt.Errorf("purge %s below sequence %d: %w", DLQStream, upTo, err)
+	}
+	after, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("purged %s below sequence %d, but cannot count: %w", DLQStream, upTo, err)
+	}
+	// The server does not return the count through this API; what was there, plus
+	// what arrived meanwhile, less what is left, is what went.
+	arrived := after.State.LastSeq - st.LastSeq
+	return st.Msgs + arrived - min(after.State.Msgs, st.Msgs+arrived), nil
+}
+
+// dlqState returns REFRESH_DLQ and its state.
+func dlqState(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, jetstream.StreamState, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", DLQStream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", DLQStream, err)
+	}
+	return s, info.State, nil
+}
