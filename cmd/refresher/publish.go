@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -20,16 +21,25 @@ func publishCmd(e *env) *cobra.Command {
 		ids            string
 		reason         string
 		window         time.Duration
+		every          time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "publish --service S [--expiring-within 30m] [--ids 1,2,3] [--reason text]",
+		Use:   "publish --service S [--expiring-within 30m] [--ids 1,2,3] [--reason text] [--every 15m]",
 		Short: "Publish one refresh request per matching active credential, then print the counts",
 		Long: `Publish one refresh request (refresh.<service>.<id>) per active credential of a
 service, scanning ids by keyset pages, with a bounded window of asynchronous publishes.
 Every message carries Nats-Msg-Id refresh.<service>.<id>@<window start>, so publishers
 that run the same schedule in the same window publish each row once.
 
-Exit status is 0 when every message was stored (published or duplicate), 1 otherwise.`,
+Exit status is 0 when every message was stored (published or duplicate), 1 otherwise.
+
+With --every D it runs as a long-lived scheduler instead: it publishes once at start for
+the period in progress, then at every boundary aligned to the clock (UTC; with 15m at
+:00, :15, :30, :45), with the period as the dedupe window (--every implies --window=D),
+so any number of replicas publish each row once per period. Each run's counts are
+logged; a failed run is logged and retried at the next boundary. It exits 0 on SIGTERM
+or SIGINT, and 2 on bad configuration. D is at least 1s and at most
+REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := model.ValidateService(service); err != nil {
@@ -51,6 +61,15 @@ Exit status is 0 when every message was stored (published or duplicate), 1 other
 			}
 			if pc.Window < 0 {
 				return usageError{fmt.Errorf("--window %s: must not be negative", pc.Window)}
+			}
+			if cmd.Flags().Changed("every") {
+				if every < publisher.MinEvery {
+					return usageError{fmt.Errorf("--every %s: must be at least %s", every, publisher.MinEvery)}
+				}
+				if cmd.Flags().Changed("window") && window != every {
+					return usageError{fmt.Errorf("--window %s and --every %s: --every sets the dedupe window; give one", window, every)}
+				}
+				pc.Window = every
 			}
 			streams, err := config.Streams()
 			if err != nil {
@@ -84,6 +103,15 @@ Exit status is 0 when every message was stored (published or duplicate), 1 other
 			if err := publisher.EnsureStreams(cmd.Context(), p.JetStream(), streams); err != nil {
 				return err
 			}
+			if cmd.Flags().Changed("every") {
+				err := p.Schedule(cmd.Context(), db, publisher.Scan{
+					Service: service, ExpiringWithin: expiringWithin, IDs: idList,
+				}, every, nil)
+				if errors.Is(err, publisher.ErrBadSchedule) {
+					return usageError{err}
+				}
+				return err
+			}
 			start := time.Now()
 			res, err := p.PublishScan(cmd.Context(), db, publisher.Scan{
 				Service: service, ExpiringWithin: expiringWithin, IDs: idList,
@@ -99,6 +127,7 @@ Exit status is 0 when every message was stored (published or duplicate), 1 other
 	f.StringVar(&ids, "ids", "", "only these credential ids, comma-separated")
 	f.StringVar(&reason, "reason", "", "reason recorded in each message body")
 	f.DurationVar(&window, "window", 15*time.Minute, "schedule period the dedupe id is built from (env REFRESHER_PUBLISH_WINDOW; 0: no dedupe)")
+	f.DurationVar(&every, "every", 0, "run as a scheduler: publish at start and at every boundary of this period (at least 1s; sets --window)")
 	_ = cmd.MarkFlagRequired("service")
 	return cmd
 }

@@ -1,0 +1,149 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/model"
+)
+
+// MinEvery is the shortest schedule period. Dedupe ids carry the window start with
+// second resolution (MsgID), so two windows less than a second apart could share ids
+// and the second would be dropped as a duplicate of the first.
+const MinEvery = time.Second
+
+// ErrBadSchedule is returned by Schedule for arguments no run could succeed with; the
+// caller should treat it as a configuration error, not retry.
+var ErrBadSchedule = errors.New("bad schedule")
+
+// Run is what one scheduled publish run did.
+type Run struct {
+	// Window is the start of the schedule period the run published for: every message
+	// carries it in its dedupe id.
+	Window time.Time
+	// Started is when the run began (by the publisher's clock).
+	Started time.Time
+	// Elapsed is how long the run took.
+	Elapsed time.Duration
+	Result  Result
+	// Err is the run's error; the schedule goes on after it.
+	Err error
+}
+
+// ScheduleOption tunes Schedule.
+type ScheduleOption func(*schedule)
+
+// ScheduleAfter replaces time.After as the way Schedule waits for the next boundary, so
+// that tests can step through windows with a virtual clock (set with WithClock) instead
+// of waiting them out.
+func ScheduleAfter(after func(time.Duration) <-chan time.Time) ScheduleOption {
+	return func(s *schedule) { s.after = after }
+}
+
+type schedule struct {
+	after func(time.Duration) <-chan time.Time
+}
+
+// Schedule publishes scan once per period of length every, until ctx is done, and then
+// returns nil. Periods are aligned to the wall clock (every 15m runs at :00, :15, :30,
+// :45 UTC), and every message of a run carries the period's start in its dedupe id, so
+// any number of replicas of the same schedule publish each row once per period: the
+// period replaces the publisher's WithWindow.
+//
+// The first run happens at once, for the period in progress: a replica that starts
+// (or restarts) mid-period publishes ids another replica may already have published
+// at that period's boundary, and the stream acknowledges them as duplicates. The
+// stream's duplicate window must therefore be at least every.
+//
+// A failed run is logged, passed to report (which may be nil) and retried at the next
+// boundary; only arguments no run could accept (wrapping ErrBadSchedule) end the
+// schedule with an error. A run that outlasts its period is followed at once by a run
+// for the period then in progress; periods that passed entirely during a run are not
+// caught up on, since a later run requests the same rows.
+func (p *Publisher) Schedule(ctx context.Context, db bun.IDB, scan Scan, every time.Duration, report func(Run), opts ...ScheduleOption) error {
+	if err := validateSchedule(scan, every); err != nil {
+		return err
+	}
+	s := schedule{after: time.After}
+	for _, o := range opts {
+		o(&s)
+	}
+	log := p.log.With("service", scan.Service, "every", every)
+	log.Info("schedule started", "expiring_within", scan.ExpiringWithin)
+	var last time.Time // start of the last period run; zero before the first run
+	for ctx.Err() == nil {
+		now := p.now()
+		window := now.UTC().Truncate(every)
+		if window.After(last) {
+			run := p.runOnce(ctx, db, scan, every, now, window)
+			last = window
+			logRun(ctx, log, run)
+			if report != nil {
+				report(run)
+			}
+			continue
+		}
+		// Woken early, or the clock went back: wait for the next boundary, but never
+		// longer than one period, so a clock that jumped back is re-read in time.
+		wait := min(last.Add(every).Sub(now), every)
+		select {
+		case <-ctx.Done():
+		case <-s.after(wait):
+		}
+	}
+	log.Info("schedule stopped")
+	return nil
+}
+
+// runOnce publishes scan for window, on a copy of p whose clock stands still at now:
+// PublishScan then derives exactly window from it (not the next one, should the run
+// start on a boundary), and the expiry cutoff from the moment the run began.
+func (p *Publisher) runOnce(ctx context.Context, db bun.IDB, scan Scan, every time.Duration, now, window time.Time) Run {
+	q := *p
+	q.window = every
+	q.now = func() time.Time { return now }
+	began := time.Now()
+	res, err := q.PublishScan(ctx, db, scan)
+	return Run{Window: window, Started: now, Elapsed: time.Since(began), Result: res, Err: err}
+}
+
+func logRun(ctx context.Context, log *slog.Logger, run Run) {
+	args := []any{
+		"window", run.Window.Format(time.RFC3339),
+		"published", run.Result.Published, "duplicate", run.Result.Duplicate, "failed", run.Result.Failed,
+		"elapsed", run.Elapsed.Round(time.Millisecond),
+	}
+	switch {
+	case run.Err != nil && ctx.Err() != nil:
+		log.Info("scheduled publish interrupted by shutdown", append(args, "error", run.Err)...)
+		return
+	case run.Err != nil:
+		log.Error("scheduled publish failed; next attempt at the next boundary", append(args, "error", run.Err)...)
+		return
+	}
+	log.Info("scheduled publish", args...)
+}
+
+// validateSchedule refuses what PublishScan would refuse on every run, up front.
+func validateSchedule(scan Scan, every time.Duration) error {
+	if every < MinEvery {
+		return fmt.Errorf("%w: every %s: must be at least %s", ErrBadSchedule, every, MinEvery)
+	}
+	if err := model.ValidateService(scan.Service); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadSchedule, err)
+	}
+	if scan.ExpiringWithin < 0 {
+		return fmt.Errorf("%w: expiring-within %s: must not be negative", ErrBadSchedule, scan.ExpiringWithin)
+	}
+	for _, id := range scan.IDs {
+		if id <= 0 {
+			return fmt.Errorf("%w: id %d: must be positive", ErrBadSchedule, id)
+		}
+	}
+	return nil
+}
