@@ -10,18 +10,41 @@ import (
 	"github.com/refresher/refresher/publisher"
 )
 
-// WaitIdle polls the shared durable until it has nothing pending, nothing awaiting an
-// ack and nothing waiting for redelivery: every request published so far is finished.
+// WaitIdle polls the shared durable until every request stored before the call is
+// settled: its ack floor has reached the stream's last sequence as of the call, and
+// nothing is pending, awaiting an ack or waiting for redelivery. (The pending count
+// alone is not enough: the server counts a just-stored message toward it only after
+// the publish was acknowledged.)
 func WaitIdle(ctx context.Context, js jetstream.JetStream, poll time.Duration) error {
 	t := time.NewTicker(poll)
 	defer t.Stop()
+	var target uint64
+	for target == 0 {
+		s, err := js.Stream(ctx, publisher.Stream)
+		if err == nil {
+			var info *jetstream.StreamInfo
+			if info, err = s.Info(ctx); err == nil {
+				target = max(info.State.LastSeq, 1)
+				if info.State.Msgs == 0 {
+					return nil
+				}
+			}
+		}
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("waiting for the fleet: %w (last error: %w)", ctx.Err(), err)
+			case <-t.C:
+			}
+		}
+	}
 	var last *jetstream.ConsumerInfo
 	for {
 		cons, err := js.Consumer(ctx, publisher.Stream, Durable)
 		if err == nil {
 			info, err := cons.Info(ctx)
 			if err == nil {
-				if info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
+				if info.AckFloor.Stream >= target && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
 					return nil
 				}
 				last = info
@@ -30,8 +53,8 @@ func WaitIdle(ctx context.Context, js jetstream.JetStream, poll time.Duration) e
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return fmt.Errorf("waiting for the fleet: %w (pending %d, awaiting ack %d, redelivered %d)",
-					ctx.Err(), last.NumPending, last.NumAckPending, last.NumRedelivered)
+				return fmt.Errorf("waiting for the fleet: %w (ack floor %d of %d, pending %d, awaiting ack %d, redelivered %d)",
+					ctx.Err(), last.AckFloor.Stream, target, last.NumPending, last.NumAckPending, last.NumRedelivered)
 			}
 			return fmt.Errorf("waiting for the fleet: %w", ctx.Err())
 		case <-t.C:
