@@ -7,6 +7,7 @@ import (
 
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/logging"
+	"github.com/refresher/refresher/internal/progress"
 
 	"github.com/refresher/refresher/internal/demo"
 )
@@ -30,6 +31,7 @@ credential against the fake provider. Exit 0 only if nothing was lost.`,
 				_ = config.Load(&lc)
 				log, _ = logging.New(e.stderr, lc.Format, "warn")
 			}
+			opts.Progress = progress.New(e.stderr)
 			return demo.Run(cmd.Context(), opts, e.stdout, log)
 		},
 	}

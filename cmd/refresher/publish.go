@@ -10,6 +10,7 @@ import (
 
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/natsconn"
+	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 )
@@ -94,9 +95,14 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 				return err
 			}
 			defer nc.Close()
+			line := progress.New(e.stderr)
+			defer line.Clear()
 			p, err := publisher.New(nc,
 				publisher.WithWindow(pc.Window), publisher.WithMaxInFlight(pc.MaxInFlight),
-				publisher.WithReason(reason), publisher.WithLogger(e.log))
+				publisher.WithReason(reason), publisher.WithLogger(e.log),
+				publisher.WithProgress(func(r publisher.Result) {
+					line.Printf("%s: published %d, duplicate %d, failed %d", service, r.Published, r.Duplicate, r.Failed)
+				}))
 			if err != nil {
 				return usageError{err}
 			}
@@ -116,6 +122,7 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 			res, err := p.PublishScan(cmd.Context(), db, publisher.Scan{
 				Service: service, ExpiringWithin: expiringWithin, IDs: idList,
 			})
+			line.Clear()
 			fmt.Fprintf(e.stdout, "service=%s published=%d duplicate=%d failed=%d elapsed=%s\n",
 				service, res.Published, res.Duplicate, res.Failed, time.Since(start).Round(time.Millisecond))
 			return err

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/refresher/refresher/internal/config"
+	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/internal/seed"
 	"github.com/refresher/refresher/model"
 )
@@ -37,7 +38,11 @@ func seedCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer db.Close()
-			n, err := seed.InsertSealed(cmd.Context(), db, keyring, service, count, expiresIn)
+			line := progress.New(e.stderr)
+			n, err := seed.InsertWithProgress(cmd.Context(), db, keyring, service, count, expiresIn, func(n int) {
+				line.Printf("%s: inserted %d of %d", service, n, count)
+			})
+			line.Clear()
 			fmt.Fprintf(e.stdout, "inserted %d %s credentials\n", n, service)
 			return err
 		},

@@ -21,6 +21,7 @@ import (
 	"github.com/refresher/refresher/internal/natsconn"
 	"github.com/refresher/refresher/internal/natsserver"
 	"github.com/refresher/refresher/internal/pgserver"
+	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/internal/seed"
 	"github.com/refresher/refresher/internal/verify"
 	"github.com/refresher/refresher/model"
@@ -41,6 +42,8 @@ type Options struct {
 	Duplicates  int
 	Keep        bool
 	Timeout     time.Duration
+	// Progress, if set, shows the fleet's running counts while the demo waits.
+	Progress *progress.Line
 }
 
 // DefaultOptions is what `refresher demo` runs without flags.
@@ -176,7 +179,10 @@ func Run(ctx context.Context, o Options, out io.Writer, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	if err := consumer.WaitIdle(ctx, js, 100*time.Millisecond); err != nil {
+	stopProgress := showProgress(o.Progress, fleet)
+	err = consumer.WaitIdle(ctx, js, 100*time.Millisecond)
+	stopProgress()
+	if err != nil {
 		return err
 	}
 	elapsed := time.Since(started)
@@ -312,6 +318,34 @@ func publishAll(ctx context.Context, db *bun.DB, nc *nats.Conn, dups int, log *s
 		}
 	}
 	return out, nil
+}
+
+// showProgress redraws the fleet's counts until the returned func is called.
+func showProgress(line *progress.Line, fleet []*consumer.Consumer) (stop func()) {
+	if !line.Enabled() {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			var st consumer.Stats
+			for _, c := range fleet {
+				st = st.Add(c.Stats())
+			}
+			line.Printf("refreshed %d, skipped %d, dead-lettered %d", st.Refreshed, st.SkippedFresh, st.DeadLettered)
+			select {
+			case <-done:
+				line.Clear()
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 func randomHex(n int) string {

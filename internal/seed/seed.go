@@ -27,6 +27,11 @@ func Insert(ctx context.Context, db bun.IDB, service string, count int, expiresI
 
 // InsertSealed is Insert with the tokens sealed by k (nil: plaintext).
 func InsertSealed(ctx context.Context, db bun.IDB, k *model.Keyring, service string, count int, expiresIn time.Duration) (int, error) {
+	return InsertWithProgress(ctx, db, k, service, count, expiresIn, nil)
+}
+
+// InsertWithProgress is InsertSealed calling progress with the running count.
+func InsertWithProgress(ctx context.Context, db bun.IDB, k *model.Keyring, service string, count int, expiresIn time.Duration, progress func(inserted int)) (int, error) {
 	if err := model.ValidateService(service); err != nil {
 		return 0, err
 	}
@@ -63,6 +68,9 @@ func InsertSealed(ctx context.Context, db bun.IDB, k *model.Keyring, service str
 			return inserted, fmt.Errorf("insert %s credentials: %w", service, err)
 		}
 		inserted += n
+		if progress != nil {
+			progress(inserted)
+		}
 	}
 	return inserted, nil
 }
