@@ -136,3 +136,15 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 		t.Fatalf("config output shows a secret:\n%s", out)
 	}
 }
+
+// TestPublishWithNATSUnreachable: publish exits non-zero and says nothing was
+// published when NATS cannot be reached.
+func TestPublishWithNATSUnreachable(t *testing.T) {
+	_, url := pgtest.NewDB(t)
+	t.Setenv("DATABASE_URL", url)
+	t.Setenv("NATS_URL", "nats://127.0.0.1:1")
+	code, _, stderr := runCLI(t, "publish", "--service", "github")
+	if code != 1 || !strings.Contains(stderr, "nothing was published") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}

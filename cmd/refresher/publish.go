@@ -92,7 +92,7 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 			defer db.Close()
 			nc, err := natsconn.Connect(natsURL, "refresher-publish", e.log)
 			if err != nil {
-				return err
+				return fmt.Errorf("%w; nothing was published", err)
 			}
 			defer nc.Close()
 			line := progress.New(e.stderr)
