@@ -104,6 +104,11 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	if p.window < 0 {
 		return nil, fmt.Errorf("window %s: must not be negative", p.window)
 	}
+	if p.window > 0 && p.window < time.Second {
+		// Dedupe ids name the window start to the second: two sub-second windows in one
+		// second would share ids, and the second one's requests would be dropped.
+		return nil, fmt.Errorf("window %s: must be 0 (no dedupe) or at least 1s", p.window)
+	}
 	if len(p.reason) > model.MaxReasonLen {
 		return nil, fmt.Errorf("reason is %d bytes: at most %d", len(p.reason), model.MaxReasonLen)
 	}
