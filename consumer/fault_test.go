@@ -107,3 +107,42 @@ func TestConnectionsKilledDuringRun(t *testing.T) {
 		t.Logf("%s; %d sessions killed", rep, killed)
 	})
 }
+
+// TestPostgresStopped stops PostgreSQL (a throwaway cluster this test owns) for a few
+// seconds in the middle of a run and starts it again: every request still ends
+// refreshed, with the latest tokens stored and no replaced token sent.
+func TestPostgresStopped(t *testing.T) {
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 20 * time.Millisecond, BatchSize: batch, OwnPostgres: true})
+		ids := env.Seed("github", 200)
+		cfg := env.Config()
+		cfg.MaxDeliver = 100
+		for range 2 {
+			env.StartConsumer(cfg)
+		}
+		if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
+			t.Fatal(err)
+		}
+		fleettest.Eventually(t, time.Minute, "a quarter of the rows refreshed", func() bool {
+			return env.Fake.Stats().Rotations >= len(ids)/4
+		})
+		ctx := context.Background()
+		if err := env.PG.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		<-time.After(3 * time.Second) // the outage itself is what is being tested
+		if err := env.PG.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		env.WaitIdle(2 * time.Minute)
+		env.Verify()
+		if st := env.Fake.Stats(); st.Reuses != 0 {
+			t.Fatalf("%d replaced tokens sent", st.Reuses)
+		}
+		for _, id := range ids {
+			if c := env.Credential(id); c.RefreshedAt == nil {
+				t.Fatalf("credential %d never refreshed", id)
+			}
+		}
+	})
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/refresher/refresher/internal/natsconn"
 	"github.com/refresher/refresher/internal/natsserver"
 	"github.com/refresher/refresher/internal/natstest"
+	"github.com/refresher/refresher/internal/pgserver"
 	"github.com/refresher/refresher/internal/pgtest"
 	"github.com/refresher/refresher/internal/seed"
 	"github.com/refresher/refresher/internal/verify"
@@ -42,6 +43,9 @@ type Options struct {
 	BatchSize int
 	// Keyring, when set, encrypts the token columns (seeding, consumers, Verify).
 	Keyring *model.Keyring
+	// OwnPostgres starts a throwaway PostgreSQL cluster for this test alone (Env.PG),
+	// so the test may stop and start it.
+	OwnPostgres bool
 }
 
 // BatchSizes are the consumer modes every invariant is tested in: one row per
@@ -60,6 +64,7 @@ type Env struct {
 	t        testing.TB
 	DB       *bun.DB
 	DBURL    string
+	PG       *pgserver.Server // set when Options.OwnPostgres
 	NATS     *natsserver.Server  // nil when Cluster is set
 	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
 	Streams  publisher.StreamConfig
@@ -81,7 +86,13 @@ func New(t testing.TB, o Options) *Env {
 	if o.PoolSize == 0 {
 		o.PoolSize = 32
 	}
-	_, url := pgtest.NewDB(t)
+	var pg *pgserver.Server
+	var url string
+	if o.OwnPostgres {
+		pg, url = ownPostgres(t)
+	} else {
+		_, url = pgtest.NewDB(t)
+	}
 	db, err := model.Open(context.Background(), url, o.PoolSize)
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +107,7 @@ func New(t testing.TB, o Options) *Env {
 	}
 	t.Cleanup(func() { _ = stop(context.Background()) })
 	env := &Env{
-		t: t, DB: db, DBURL: url, Fake: fp, FakeURL: fpURL,
+		t: t, DB: db, DBURL: url, PG: pg, Fake: fp, FakeURL: fpURL,
 		Services: o.Services, logs: logs, Log: log, Streams: publisher.DefaultStreamConfig(),
 		batch: max(o.BatchSize, 1), Keyring: o.Keyring,
 	}
@@ -107,6 +118,31 @@ func New(t testing.TB, o Options) *Env {
 		env.NATS = natstest.Start(t)
 	}
 	return env
+}
+
+// ownPostgres starts a throwaway cluster with a migrated database.
+func ownPostgres(t testing.TB) (*pgserver.Server, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg, err := pgserver.StartThrowaway(ctx, nil)
+	if err != nil {
+		t.Fatalf("throwaway PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() { _ = pg.Stop(context.Background()) })
+	url, err := pg.CreateDatabase(ctx, "fleettest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := model.Open(ctx, url, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := model.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	return pg, url
 }
 
 // NATSURL is where clients connect: the server, or every server of the cluster.
