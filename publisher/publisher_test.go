@@ -145,7 +145,10 @@ func TestBadArguments(t *testing.T) {
 			return err
 		}, "at most"},
 		{"negative window", func() error { _, err := publisher.New(env.Conn(), publisher.WithWindow(-time.Second)); return err }, "must not be negative"},
-		{"sub-second window", func() error { _, err := publisher.New(env.Conn(), publisher.WithWindow(500*time.Millisecond)); return err }, "at least 1s"},
+		{"sub-second window", func() error {
+			_, err := publisher.New(env.Conn(), publisher.WithWindow(500*time.Millisecond))
+			return err
+		}, "at least 1s"},
 		{"zero in-flight", func() error { _, err := publisher.New(env.Conn(), publisher.WithMaxInFlight(0)); return err }, "at least 1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

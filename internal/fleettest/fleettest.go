@@ -64,7 +64,7 @@ type Env struct {
 	t        testing.TB
 	DB       *bun.DB
 	DBURL    string
-	PG       *pgserver.Server // set when Options.OwnPostgres
+	PG       *pgserver.Server    // set when Options.OwnPostgres
 	NATS     *natsserver.Server  // nil when Cluster is set
 	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
 	Streams  publisher.StreamConfig
