@@ -148,9 +148,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "concurrency", c.cfg.Concurrency)
 
 	var wg sync.WaitGroup
+	loopDone := make(chan struct{})
 	drained := make(chan struct{})
 	go func() {
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-loopDone: // the iterator closed on its own: the connection is gone
+		}
 		c.stop()
 		// Drain, not Stop: messages already buffered come out of Next and are nak'ed
 		// below at once, instead of waiting out AckWait on a dead client.
@@ -186,17 +190,36 @@ func (c *Consumer) Run(ctx context.Context) error {
 			break
 		}
 	}
+	close(loopDone)
 	<-drained
+	// Closed without being asked to stop: the NATS connection is gone for good (for
+	// instance the server refused our credentials on reconnect). Exit with an error
+	// so the process is restarted rather than idling with no messages.
+	var lost error
+	if ctx.Err() == nil {
+		lost = fmt.Errorf("consume %s: message stream closed: %w", Durable, connErr(c.js.Conn()))
+	}
 
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
 		c.log.Info("drained")
-		return nil
+		return lost
 	case <-time.After(c.cfg.DrainTimeout):
-		return fmt.Errorf("drain: in-flight messages still running after %s", c.cfg.DrainTimeout)
+		return errors.Join(lost, fmt.Errorf("drain: in-flight messages still running after %s", c.cfg.DrainTimeout))
 	}
+}
+
+// connErr says why a connection is unusable.
+func connErr(nc *nats.Conn) error {
+	if err := nc.LastError(); err != nil {
+		return err
+	}
+	if nc.IsClosed() {
+		return nats.ErrConnectionClosed
+	}
+	return errors.New("message iterator closed")
 }
 
 // batchLinger is how long a batch waits for more messages once it has one: enough

@@ -3,9 +3,11 @@ package consumer_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
 )
@@ -125,4 +127,35 @@ func TestLockTimeoutBacksOff(t *testing.T) {
 		}
 		env.Verify()
 	})
+}
+
+// TestConnectionClosedEndsRun: when the NATS connection is closed for good (for
+// instance the server refused our credentials on reconnect), Run returns an error
+// instead of idling forever, so the process exits and is restarted.
+func TestConnectionClosedEndsRun(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	cfg := env.Config()
+	nc := env.Conn()
+	c, err := consumer.New(env.DB, nc, env.Providers(cfg.ProviderTimeout), cfg, consumer.WithLogger(env.Log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	select {
+	case <-c.Ready():
+	case err := <-done:
+		t.Fatalf("Run ended before binding: %v", err)
+	}
+	nc.Close()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "message stream closed") {
+			t.Fatalf("Run returned %v, want a closed-stream error", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run still running 15s after its connection closed")
+	}
 }

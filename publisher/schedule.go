@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go"
 	"log/slog"
 	"time"
 
@@ -85,6 +86,15 @@ func (p *Publisher) Schedule(ctx context.Context, db bun.IDB, scan Scan, every t
 			logRun(ctx, log, run)
 			if report != nil {
 				report(run)
+			}
+			if nc := p.js.Conn(); nc.IsClosed() {
+				// Closed for good (credentials refused on reconnect): every later run
+				// would fail too; exit so the process is restarted.
+				cause := nc.LastError()
+				if cause == nil {
+					cause = nats.ErrConnectionClosed
+				}
+				return fmt.Errorf("schedule %s: NATS connection closed: %w", scan.Service, cause)
 			}
 			continue
 		}

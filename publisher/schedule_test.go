@@ -304,3 +304,30 @@ func TestScheduleBadArguments(t *testing.T) {
 		t.Fatalf("stream holds %d messages after refused schedules", n)
 	}
 }
+
+// TestScheduleEndsWhenConnectionCloses: a scheduler whose NATS connection is closed for
+// good returns an error instead of failing every run forever.
+func TestScheduleEndsWhenConnectionCloses(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	env.Seed("github", 3)
+	nc := env.Conn()
+	p, err := publisher.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	runs := make(chan publisher.Run, 10)
+	go func() {
+		done <- p.Schedule(context.Background(), env.DB, publisher.Scan{Service: "github"}, time.Second, func(r publisher.Run) { runs <- r })
+	}()
+	<-runs // the first run, at start
+	nc.Close()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "NATS connection closed") {
+			t.Fatalf("Schedule returned %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Schedule still running 10s after its connection closed")
+	}
+}
