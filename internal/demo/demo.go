@@ -140,7 +140,7 @@ func Run(ctx context.Context, o Options, out io.Writer, log *slog.Logger) error 
 	var wg sync.WaitGroup
 	runErrs := make(chan error, o.Consumers)
 	for i := range o.Consumers {
-		nc, err := natsconn.Connect(ns.URL(), fmt.Sprintf("demo-consumer-%d", i), quiet)
+		nc, err := natsconn.Local(ns.URL(), fmt.Sprintf("demo-consumer-%d", i), quiet)
 		if err != nil {
 			return err
 		}
@@ -162,7 +162,7 @@ func Run(ctx context.Context, o Options, out io.Writer, log *slog.Logger) error 
 	}
 	fmt.Fprintf(out, "fleet: %d consumers x %d in flight, one durable consumer %q\n", o.Consumers, o.Concurrency, consumer.Durable)
 
-	pubConn, err := natsconn.Connect(ns.URL(), "demo-publisher", quiet)
+	pubConn, err := natsconn.Local(ns.URL(), "demo-publisher", quiet)
 	if err != nil {
 		return err
 	}

@@ -188,7 +188,7 @@ func (e *Env) Providers(timeout time.Duration) map[string]provider.Refresher {
 // Conn opens a NATS connection closed with the test.
 func (e *Env) Conn() *nats.Conn {
 	e.t.Helper()
-	nc, err := natsconn.Connect(e.NATSURL(), e.t.Name(), e.Log)
+	nc, err := natsconn.Local(e.NATSURL(), e.t.Name(), e.Log)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -247,3 +247,9 @@ func redact(urls string) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// Local connects to a server this process started itself (the demo, tests, the
+// benchmark): the operator's NATS_* credentials are for the real cluster, not for it.
+func Local(url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	return ConnectWith(url, name, log, config.NATS{}, extra...)
+}
