@@ -1,0 +1,122 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/refresher/refresher/internal/bench"
+)
+
+// benchExe locates the binary whose `publish` the bench runs as a child process to
+// measure its peak memory; tests, whose own binary is not refresher, replace it.
+var benchExe = os.Executable
+
+func benchCmd(e *env) *cobra.Command {
+	var (
+		asJSON                 bool
+		quick                  bool
+		rows, requests         int
+		concurrency            []int
+		cpuProfile, memProfile string
+	)
+	cmd := &cobra.Command{
+		Use:   "bench [--json] [--rows N] [--quick]",
+		Short: "Measure publish and consume rates, latency and memory beside same-run baselines",
+		Long: `Measure refresher on this machine, each figure beside the baseline it should be judged
+against, measured in the same run, and their ratio:
+
+  1. publish: PublishScan over --rows rows vs a raw PublishAsync loop of the same
+     messages; peak RSS of "refresher publish" (a child process) at rows/10 and rows
+  2. consume, one transaction per message, instant in-process provider, at each
+     --concurrency: end-to-end rate vs the same lock-and-update transaction run
+     directly on the database at the same concurrency; the best is rerun with
+     --requests requests
+  3. latency at 200 requests/s: publish to commit, vs the direct transaction
+  4. slow provider (100 ms) at concurrency 32, 128, 512, bounded by the pool
+  5. duplicates: 10 requests per row, provider calls per row, cost of a skip
+  6. skip path: rate, and proof from pg_stat_database that it writes nothing
+
+It starts nats-server in-process, finds PostgreSQL like "demo" (DATABASE_URL, the
+server on 127.0.0.1:5432, or a throwaway cluster), works in a database of its own,
+seeds it with COPY and drops it at the end. The full run takes several minutes;
+--quick runs every figure at a small size in well under a minute.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o := bench.DefaultOptions()
+			if quick {
+				o = bench.QuickOptions()
+			}
+			f := cmd.Flags()
+			if f.Changed("rows") {
+				o.Rows = rows
+			}
+			if f.Changed("requests") {
+				o.Requests = requests
+				o.SweepRequests = min(o.SweepRequests, requests)
+			}
+			if f.Changed("concurrency") {
+				o.Concurrencies = concurrency
+			}
+			o.CPUProfile, o.MemProfile = cpuProfile, memProfile
+			o.Log = e.log
+			exe, err := benchExe()
+			if err != nil {
+				return fmt.Errorf("locate the refresher binary: %w", err)
+			}
+			o.Exe, o.ExeArgs = exe, []string{"bench", publishChild}
+			if err := o.Validate(); err != nil {
+				return usageError{err}
+			}
+			rep, err := bench.Run(cmd.Context(), o)
+			if err != nil {
+				if errors.Is(err, bench.ErrOptions) {
+					return usageError{err}
+				}
+				return err
+			}
+			if asJSON {
+				return rep.WriteJSON(e.stdout)
+			}
+			return rep.WriteTable(e.stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
+	f.BoolVar(&quick, "quick", false, "every figure at a small size (seconds, for tests); the figures mean little")
+	f.IntVar(&rows, "rows", bench.DefaultOptions().Rows, "rows the publish figure scans (default 5000 with --quick)")
+	f.IntVar(&requests, "requests", bench.DefaultOptions().Requests, "requests of the final per-row consume run (default 1000 with --quick)")
+	f.IntSliceVar(&concurrency, "concurrency", bench.DefaultOptions().Concurrencies, "consume concurrencies to try (default 4,16 with --quick)")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the final per-row consume run to this file")
+	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the final per-row consume run to this file (and FILE.base, taken before it)")
+	cmd.AddCommand(benchPublishChildCmd(e))
+	return cmd
+}
+
+// publishChild is the hidden subcommand of bench that the peak-RSS figure runs.
+const publishChild = "publish-child"
+
+// benchPublishChildCmd runs "refresher publish" with the given flags in this process
+// and then prints the process's peak RSS. The bench starts it as a child process so
+// that the figure is the publish path's alone.
+func benchPublishChildCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:                publishChild + " [publish flags]",
+		Short:              "Run publish, then print the peak RSS of this process (used by bench)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if code := run(cmd.Context(), append([]string{"publish"}, args...), e.stdout, e.stderr); code != 0 {
+				return fmt.Errorf("publish exited with status %d", code)
+			}
+			kib, err := bench.PeakRSSKiB()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s=%d\n", bench.PeakRSSKey, kib)
+			return nil
+		},
+	}
+}

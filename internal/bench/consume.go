@@ -1,0 +1,189 @@
+package bench
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"slices"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ConsumeFigure is figure 2: end-to-end refreshes per second of consumer.New/Run
+// with an instant provider, one transaction per message, beside the same
+// transaction run directly on the database at the same concurrency.
+type ConsumeFigure struct {
+	// Mode is the consumer's commit mode measured ("per-row").
+	Mode string `json:"mode"`
+	// Sweep is one smaller run of each side per concurrency, to find the best.
+	Sweep []ConsumePoint `json:"sweep"`
+	// Best is the full-size run at the concurrency whose end-to-end rate was best.
+	Best ConsumePoint `json:"best"`
+	// SQL and BaselineSQL are the statements of one consumer message and of one
+	// baseline transaction, literal values blanked. SQLMissing are baseline
+	// statements the consumer does not send, in order (empty, or the baseline
+	// measures other work); SQLExtra are the consumer's statements beyond the
+	// baseline's, whose cost is on the consumer's side of the ratio.
+	SQL         []string `json:"sql"`
+	BaselineSQL []string `json:"baseline_sql"`
+	SQLMissing  []string `json:"sql_missing"`
+	SQLExtra    []string `json:"sql_extra"`
+	// DB is what the best end-to-end run did to the database.
+	DB DBDelta `json:"db"`
+}
+
+// ConsumePoint is one concurrency's end-to-end rate and baseline rate.
+type ConsumePoint struct {
+	Concurrency int `json:"concurrency"`
+	// Asked is the concurrency asked for, when the connection budget lowered it.
+	Asked        int     `json:"asked,omitempty"`
+	Requests     int     `json:"requests"`
+	Rate         float64 `json:"rate"`
+	BaselineRate float64 `json:"baseline_rate"`
+	Ratio        float64 `json:"ratio"`
+}
+
+func (r *rig) consumeFigure(ctx context.Context, rep *Report) error {
+	f := ConsumeFigure{Mode: r.opts.Mode}
+	if f.Mode == "" {
+		f.Mode = "per-row"
+	}
+	var err error
+	if f.SQL, f.BaselineSQL, err = r.sqlShapes(ctx); err != nil {
+		return err
+	}
+	f.SQLMissing, f.SQLExtra = compareSQL(f.SQL, f.BaselineSQL)
+	if len(f.SQLMissing) > 0 {
+		r.log.Warn("bench: the consumer no longer sends the baseline's statements; the ratio compares unlike work", "missing", f.SQLMissing)
+	}
+	var tried []int
+	for _, asked := range r.opts.Concurrencies {
+		c := r.capConcurrency(asked)
+		if slices.Contains(tried, c) {
+			continue
+		}
+		tried = append(tried, c)
+		pt, _, err := r.consumePoint(ctx, c, r.opts.SweepRequests, false)
+		if err != nil {
+			return err
+		}
+		if c != asked {
+			pt.Asked = asked
+		}
+		f.Sweep = append(f.Sweep, pt)
+		r.log.Info("bench: consume sweep", "concurrency", c, "rate", int(pt.Rate), "baseline", int(pt.BaselineRate))
+	}
+	best := slices.MaxFunc(f.Sweep, func(a, b ConsumePoint) int { return cmp.Compare(a.Rate, b.Rate) })
+	f.Best, f.DB, err = r.consumePoint(ctx, best.Concurrency, r.opts.Requests, true)
+	if err != nil {
+		return err
+	}
+	f.Best.Asked = best.Asked
+	rep.Consume = f
+	return nil
+}
+
+// capConcurrency lowers a concurrency to what the connection budget allows.
+func (r *rig) capConcurrency(c int) int { return min(c, r.maxConns-poolSpare) }
+
+// consumePoint measures n requests at concurrency conc: first the direct
+// transactions, then the consumer, each after a vacuum and on a fresh pool sized as
+// the consumer's would be. With final set it profiles the consumer run (when the
+// options ask for it) and measures what that run did to the database.
+func (r *rig) consumePoint(ctx context.Context, conc, n int, final bool) (ConsumePoint, DBDelta, error) {
+	pt := ConsumePoint{Concurrency: conc, Requests: n}
+	ids := r.consIDs[:n]
+	prov := &instantProvider{}
+	if err := r.vacuum(ctx); err != nil {
+		return pt, DBDelta{}, err
+	}
+	elapsed, err := r.directPooled(ctx, serviceConsume, prov, conc, ids)
+	if err != nil {
+		return pt, DBDelta{}, err
+	}
+	pt.BaselineRate = float64(n) / elapsed.Seconds()
+
+	if err := r.vacuum(ctx); err != nil {
+		return pt, DBDelta{}, err
+	}
+	if err := r.resetStreams(ctx); err != nil {
+		return pt, DBDelta{}, err
+	}
+	if err := r.publishRequests(ctx, n, func(i int) *nats.Msg { return requestMsg(serviceConsume, ids[i]) }); err != nil {
+		return pt, DBDelta{}, err
+	}
+	var before dbSnapshot
+	stopProfiles := func() {}
+	if final {
+		if before, err = r.before(ctx); err != nil {
+			return pt, DBDelta{}, err
+		}
+		if stopProfiles, err = r.startProfiles(); err != nil {
+			return pt, DBDelta{}, err
+		}
+	}
+	run, err := r.consumePooled(ctx, serviceConsume, prov, conc, n, nil)
+	stopProfiles()
+	if err != nil {
+		return pt, DBDelta{}, err
+	}
+	if run.stats.Refreshed != int64(n) {
+		return pt, DBDelta{}, fmt.Errorf("consumer at concurrency %d refreshed %d of %d requests: %+v", conc, run.stats.Refreshed, n, run.stats)
+	}
+	pt.Rate = run.rate()
+	pt.Ratio = ratio(pt.Rate, pt.BaselineRate)
+	if !final {
+		return pt, DBDelta{}, nil
+	}
+	d, err := r.since(ctx, before, n)
+	return pt, d, err
+}
+
+// startProfiles starts the CPU profile and takes the allocation baseline, if the
+// options ask for them; stop writes them.
+func (r *rig) startProfiles() (stop func(), err error) {
+	var cpu *os.File
+	if r.opts.CPUProfile != "" {
+		if cpu, err = os.Create(r.opts.CPUProfile); err != nil {
+			return nil, fmt.Errorf("cpu profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(cpu); err != nil {
+			cpu.Close()
+			return nil, fmt.Errorf("cpu profile: %w", err)
+		}
+	}
+	if r.opts.MemProfile != "" {
+		if err := writeAllocs(r.opts.MemProfile + ".base"); err != nil {
+			return nil, err
+		}
+	}
+	return func() {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			_ = cpu.Close()
+			r.log.Info("bench: CPU profile of the final consume run written", "file", r.opts.CPUProfile)
+		}
+		if r.opts.MemProfile != "" {
+			if err := writeAllocs(r.opts.MemProfile); err != nil {
+				r.log.Warn("bench: allocation profile", "error", err)
+				return
+			}
+			r.log.Info("bench: allocation profile written; subtract the base with -diff_base",
+				"file", r.opts.MemProfile, "base", r.opts.MemProfile+".base")
+		}
+	}, nil
+}
+
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("allocation profile: %w", err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		return fmt.Errorf("allocation profile %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,236 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is everything one run measured. Every rate is per second, every figure
+// carries its baseline from the same run and their ratio.
+type Report struct {
+	Quick   bool      `json:"quick"`
+	Started time.Time `json:"started"`
+	Elapsed float64   `json:"elapsed_s"`
+	// Database is the database the run created, and dropped when it ended.
+	Database   string           `json:"database"`
+	Machine    Machine          `json:"machine"`
+	Seed       SeedFigure       `json:"seed"`
+	Publish    PublishFigure    `json:"publish"`
+	Consume    ConsumeFigure    `json:"consume"`
+	Latency    LatencyFigure    `json:"latency"`
+	Slow       SlowFigure       `json:"slow_provider"`
+	Duplicates DuplicatesFigure `json:"duplicates"`
+	Skip       SkipFigure       `json:"skip"`
+	Targets    []Target         `json:"targets"`
+}
+
+// Target is one of the issue's targets, judged on this run's ratio.
+type Target struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Op    string  `json:"op"`
+	Limit float64 `json:"limit"`
+	Pass  bool    `json:"pass"`
+}
+
+// Targets (issue 5): their names, as in Report.Targets, and limits.
+const (
+	TargetConsume    = "per-row consume / direct transaction, same concurrency"
+	TargetPublish    = "publish / raw PublishAsync"
+	TargetRSS        = "publish peak RSS, large / small row count"
+	TargetDuplicates = "provider calls per row, duplicated requests"
+	TargetSkipWrites = "rows written by the skip path"
+
+	targetConsumeRatio = 0.8
+	targetPublishRatio = 0.7
+	targetRSSRatio     = 1.10
+	targetCallsPerRow  = 1.05
+)
+
+// judge sets Targets from the figures.
+func (rep *Report) judge() {
+	atLeast := func(name string, v, limit float64) Target {
+		return Target{Name: name, Value: v, Op: ">=", Limit: limit, Pass: v >= limit}
+	}
+	atMost := func(name string, v, limit float64) Target {
+		return Target{Name: name, Value: v, Op: "<=", Limit: limit, Pass: v <= limit}
+	}
+	rep.Targets = []Target{
+		atLeast(TargetConsume, rep.Consume.Best.Ratio, targetConsumeRatio),
+		atLeast(TargetPublish, rep.Publish.Ratio, targetPublishRatio),
+		atMost(TargetRSS, rep.Publish.RSS.Ratio, targetRSSRatio),
+		atMost(TargetDuplicates, rep.Duplicates.CallsPerRow, targetCallsPerRow),
+		atMost(TargetSkipWrites, float64(rep.Skip.DB.RowsUpdated), 0),
+	}
+}
+
+// Missed counts the targets not met.
+func (rep *Report) Missed() int {
+	n := 0
+	for _, t := range rep.Targets {
+		if !t.Pass {
+			n++
+		}
+	}
+	return n
+}
+
+// WriteJSON writes the report as indented JSON.
+func (rep *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// WriteTable writes the report for people: the machine, then one line per figure
+// with its baseline, ratio, and target verdict.
+func (rep *Report) WriteTable(w io.Writer) error {
+	m := rep.Machine
+	kind := "full run"
+	if rep.Quick {
+		kind = "quick run (--quick): sizes too small for the figures to mean much"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "refresher bench: %s, %s, started %s\n", kind, (time.Duration(rep.Elapsed * float64(time.Second))).Round(time.Second), rep.Started.Format(time.RFC3339))
+	fmt.Fprintf(&b, "machine:     %s, %d cores, GOMAXPROCS %d, %.1f GiB RAM, Linux %s, %s\n",
+		m.CPUModel, m.Cores, m.GOMAXPROCS, float64(m.MemTotalMiB)/1024, m.Kernel, m.GoVersion)
+	fmt.Fprintf(&b, "load avg:    %s at start, %s at end\n", m.LoadAvgStart, m.LoadAvgEnd)
+	fmt.Fprintf(&b, "PostgreSQL:  %s, max_connections %d, synchronous_commit %s, fsync %s, shared_buffers %s; %d other client connections at start\n",
+		m.PostgreSQL, m.PGMaxConnections, m.PGSynchronousCommit, m.PGFsync, m.PGSharedBuffers, m.PGOtherBackends)
+	fmt.Fprintf(&b, "nats-server: %s, %s\n", m.NATSServer, m.NATSStorage)
+	fmt.Fprintf(&b, "pool cap:    %d connections per pool (%s)\n", m.PoolCap, m.PoolCapReason)
+	fmt.Fprintf(&b, "seeded:      %s rows with COPY in %.1f s (%s rows/s)\n\n", num(float64(rep.Seed.Rows)), rep.Seed.Seconds, num(rep.Seed.RowsPerSec))
+
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIGURE\tVALUE\tBASELINE (same run)\tRATIO\tTARGET\tRESULT")
+	row := func(fig, val, base string, ratio float64, target string) {
+		rs := "-"
+		if ratio != 0 && !math.IsNaN(ratio) {
+			rs = strconv.FormatFloat(ratio, 'f', 2, 64)
+		}
+		res := ""
+		for _, t := range rep.Targets {
+			if t.Name == target {
+				res = "MISS"
+				if t.Pass {
+					res = "PASS"
+				}
+				target = t.Op + " " + strconv.FormatFloat(t.Limit, 'f', -1, 64)
+			}
+		}
+		if res == "" {
+			target = ""
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", fig, val, base, rs, target, res)
+	}
+
+	p := rep.Publish
+	row(fmt.Sprintf("1 publish: PublishScan, %s rows", num(float64(p.Rows))), num(p.Rate)+" msg/s",
+		fmt.Sprintf("raw PublishAsync: %s msg/s", num(p.BaselineRate)), p.Ratio, TargetPublish)
+	row(fmt.Sprintf("1 publish: peak RSS, %s rows", num(float64(p.RSS.LargeRows))), mib(p.RSS.LargeKiB),
+		fmt.Sprintf("%s rows: %s", num(float64(p.RSS.SmallRows)), mib(p.RSS.SmallKiB)), p.RSS.Ratio, TargetRSS)
+
+	c := rep.Consume
+	row(fmt.Sprintf("2 consume %s, c=%d%s, %s requests", c.Mode, c.Best.Concurrency, asked(c.Best.Asked), num(float64(c.Best.Requests))),
+		num(c.Best.Rate)+" refresh/s", fmt.Sprintf("direct tx, c=%d: %s tx/s", c.Best.Concurrency, num(c.Best.BaselineRate)), c.Best.Ratio, TargetConsume)
+	for _, s := range c.Sweep {
+		row(fmt.Sprintf("    sweep c=%d%s, %s requests", s.Concurrency, asked(s.Asked), num(float64(s.Requests))),
+			num(s.Rate)+" refresh/s", fmt.Sprintf("direct tx: %s tx/s", num(s.BaselineRate)), s.Ratio, "")
+	}
+
+	l := rep.Latency
+	row(fmt.Sprintf("3 latency at %d/s (achieved %.0f), c=%d: publish to ack after commit", l.Rate, l.AchievedRate, l.Concurrency),
+		fmt.Sprintf("p50 %.1f ms, p99 %.1f ms", l.AckP50Ms, l.AckP99Ms),
+		fmt.Sprintf("direct tx: p50 %.1f ms, p99 %.1f ms", l.BaselineP50Ms, l.BaselineP99Ms), l.Ratio, "")
+	row("    publish to refreshed_at (provider call began)", fmt.Sprintf("p50 %.1f ms, p99 %.1f ms", l.RefreshedP50Ms, l.RefreshedP99Ms), "", 0, "")
+
+	s := rep.Slow
+	for _, pt := range s.Points {
+		ran := ""
+		if pt.Effective != pt.Concurrency {
+			ran = fmt.Sprintf(" (ran %d)", pt.Effective)
+		}
+		row(fmt.Sprintf("4 slow provider %.0f ms, c=%d%s, pool %d", s.LatencyMs, pt.Concurrency, ran, pt.Pool),
+			num(pt.Rate)+" refresh/s", fmt.Sprintf("direct tx: %s/s (ideal %s/s)", num(pt.BaselineRate), num(pt.IdealRate)), pt.Ratio, "")
+	}
+
+	d := rep.Duplicates
+	row(fmt.Sprintf("5 duplicates: %d per row, %s rows, c=%d", d.PerRow, num(float64(d.Rows)), d.Concurrency),
+		fmt.Sprintf("%.3f calls/row", d.CallsPerRow), fmt.Sprintf("%s provider calls, %s skipped", num(float64(d.ProviderCalls)), num(float64(d.Skipped))), 0, TargetDuplicates)
+	row("5 duplicates: handling time of a skip (mean, lock wait included)", fmt.Sprintf("%s µs", num(d.SkipMicros)), fmt.Sprintf("of a refresh: %s µs", num(d.RefreshMicros)), d.Ratio, "")
+
+	k := rep.Skip
+	row(fmt.Sprintf("6 skip path: %s requests, c=%d", num(float64(k.Requests)), k.Concurrency), fmt.Sprintf("%s skip/s (%s µs each)", num(k.Rate), num(ratio(1e6, k.Rate))),
+		fmt.Sprintf("refresh, c=%d: %s/s (%s µs each)", k.Concurrency, num(k.BaselineRate), num(ratio(1e6, k.BaselineRate))), k.Ratio, "")
+	row("6 skip path: rows updated (tup_updated)", num(float64(k.DB.RowsUpdated)),
+		fmt.Sprintf("refresh: %s (%.2f per message)", num(float64(k.BaselineDB.RowsUpdated)), k.BaselineDB.perMessage(k.BaselineDB.RowsUpdated)), 0, TargetSkipWrites)
+	row("6 skip path: commits per message", fmt.Sprintf("%.3f (%s rollbacks)", k.DB.perMessage(k.DB.Commits), num(float64(k.DB.Rollbacks))),
+		fmt.Sprintf("refresh: %.3f", k.BaselineDB.perMessage(k.BaselineDB.Commits)), ratio(k.DB.perMessage(k.DB.Commits), k.BaselineDB.perMessage(k.BaselineDB.Commits)), "")
+	row("6 skip path: WAL bytes per message (whole server)", num(k.DB.perMessage(k.DB.WALBytes)),
+		"refresh: "+num(k.BaselineDB.perMessage(k.BaselineDB.WALBytes)), ratio(k.DB.perMessage(k.DB.WALBytes), k.BaselineDB.perMessage(k.BaselineDB.WALBytes)), "")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(&b, "\nslow provider: %s\n", s.Flattens)
+	switch {
+	case len(c.SQLMissing) > 0:
+		fmt.Fprintf(&b, "baseline SQL: MISMATCH, the consumer does not send %d of the direct transaction's statements; figures 2-4 compare unlike work:\n", len(c.SQLMissing))
+		for _, s := range c.SQLMissing {
+			fmt.Fprintf(&b, "    %s\n", s)
+		}
+	case len(c.SQLExtra) == 0:
+		fmt.Fprintf(&b, "baseline SQL: the direct transaction sends exactly the consumer's %d statements (literal values aside)\n", len(c.SQL))
+	default:
+		fmt.Fprintf(&b, "baseline SQL: the direct transaction sends %d of the consumer's %d statements per message, in its order; "+
+			"the consumer's side of figures 2-4 also pays for:\n", len(c.BaselineSQL), len(c.SQL))
+		for _, s := range c.SQLExtra {
+			fmt.Fprintf(&b, "    %s\n", s)
+		}
+	}
+	fmt.Fprintf(&b, "targets: %d of %d met\n", len(rep.Targets)-rep.Missed(), len(rep.Targets))
+	// tabwriter pads the empty last columns; trailing blanks help nobody.
+	lines := strings.Split(b.String(), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight(l, " ")
+	}
+	_, err := io.WriteString(w, strings.Join(lines, "\n"))
+	return err
+}
+
+func asked(a int) string {
+	if a == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (asked %d)", a)
+}
+
+// mib formats KiB as MiB.
+func mib(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
+
+// num formats a figure with thousands separators, and small ones with a decimal.
+func num(f float64) string {
+	if f < 100 && f != math.Trunc(f) {
+		return strconv.FormatFloat(f, 'f', 1, 64)
+	}
+	s := strconv.FormatInt(int64(math.Round(f)), 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var out []byte
+	for i := range len(s) {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	if neg {
+		return "-" + string(out)
+	}
+	return string(out)
+}
