@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -24,17 +25,21 @@ func (e *pendingError) Error() string {
 }
 func (e *pendingError) Unwrap() error { return ErrAttemptPending }
 
-// checkAttempt fails with a *pendingError when an unexpired marker exists for the
-// version of the row just locked.
-func (c *Consumer) checkAttempt(ctx context.Context, tx bun.IDB, cred *model.Credential) error {
-	pending, err := c.pendingAttempts(ctx, tx, []*model.Credential{cred})
-	if err != nil {
-		return err
+// pending returns a *pendingError when the marker read beside a locked row is live:
+// same version as the row, younger than the attempt TTL.
+func (c *Consumer) pending(cred *model.Credential, att *attemptRow) *pendingError {
+	if att == nil || att.Version == nil || att.AgeSeconds == nil || *att.Version != cred.Version {
+		return nil
 	}
-	if pe := pending[cred.ID]; pe != nil {
-		return pe
+	return c.pendingFor(time.Duration(*att.AgeSeconds * float64(time.Second)))
+}
+
+// pendingFor is the wait for a marker of the given age, nil once it has expired.
+func (c *Consumer) pendingFor(age time.Duration) *pendingError {
+	if ttl := c.cfg.attemptTTL(); age < ttl {
+		return &pendingError{wait: max(ttl-age, 100*time.Millisecond)}
 	}
-	return nil
+	return nil // expired: its owner is gone and nobody will save that token
 }
 
 // pendingAttempts finds the unexpired markers for the versions of the rows just
@@ -63,12 +68,13 @@ func (c *Consumer) pendingAttempts(ctx context.Context, tx bun.IDB, creds []*mod
 	if err != nil {
 		return nil, fmt.Errorf("check refresh attempts of %d credentials: %w", len(ids), err)
 	}
-	ttl := c.cfg.attemptTTL()
 	pending := map[int64]*pendingError{}
 	for _, r := range rows {
-		age := time.Duration(r.AgeSeconds * float64(time.Second))
-		if r.Version == version[r.CredentialID] && age < ttl {
-			pending[r.CredentialID] = &pendingError{wait: max(ttl-age, 100*time.Millisecond)}
+		if r.Version != version[r.CredentialID] {
+			continue
+		}
+		if pe := c.pendingFor(time.Duration(r.AgeSeconds * float64(time.Second))); pe != nil {
+			pending[r.CredentialID] = pe
 		}
 	}
 	return pending, nil
@@ -80,27 +86,23 @@ func (c *Consumer) markAttempt(ctx context.Context, cred *model.Credential) erro
 }
 
 // markAttempts commits markers for the current versions of creds on a connection
-// other than the one holding the locks, so they outlive the locking transaction. The
-// commit does not wait for the WAL flush: a database crash that loses the markers also
-// loses the transaction they guard, which leaves nothing to wait for.
+// other than the one holding the locks, so they outlive the locking transaction. It is
+// one statement in its own implicit transaction, which turns synchronous_commit off for
+// itself: its commit does not wait for the WAL flush, because a database crash that
+// loses the markers also loses the transaction they guard, leaving nothing to wait for.
 func (c *Consumer) markAttempts(ctx context.Context, creds []*model.Credential) error {
-	rows := make([]model.Attempt, len(creds))
+	values := make([]string, len(creds))
+	args := make([]any, 0, 2*len(creds))
 	for i, cr := range creds {
-		rows[i] = model.Attempt{CredentialID: cr.ID, Version: cr.Version}
+		values[i] = "(?::bigint, ?::bigint)"
+		args = append(args, cr.ID, cr.Version)
 	}
-	err := c.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
-			return err
-		}
-		_, err := tx.NewInsert().Model(&rows).
-			Value("started_at", "now()").
-			On("CONFLICT (credential_id) DO UPDATE").
-			Set("version = EXCLUDED.version").
-			Set("started_at = EXCLUDED.started_at").
-			Exec(ctx)
-		return err
-	})
-	if err != nil {
+	query := `INSERT INTO refresh_attempts (credential_id, version, started_at)
+		SELECT v.id, v.version, now()
+		FROM (VALUES ` + strings.Join(values, ", ") + `) AS v (id, version),
+		     (SELECT set_config('synchronous_commit', 'off', true)) AS async
+		ON CONFLICT (credential_id) DO UPDATE SET version = EXCLUDED.version, started_at = EXCLUDED.started_at`
+	if _, err := c.db.ExecContext(ctx, query, args...); err != nil {
 		return fmt.Errorf("mark refresh attempts of %d credentials: %w", len(creds), err)
 	}
 	return nil

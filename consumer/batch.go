@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -108,15 +109,7 @@ func (c *Consumer) refreshBatch(jobs []*job) {
 			}()
 		}
 		wg.Wait()
-		for _, g := range need {
-			if err := c.writeInSavepoint(ctx, tx, g, began); err != nil {
-				return err
-			}
-		}
-		if err := clearAttempts(ctx, tx, ids); err != nil {
-			return err
-		}
-		return nil
+		return c.writeBatch(ctx, tx, need, began)
 	})
 	c.observer.Transaction(time.Since(txStart))
 	if err == nil || errors.Is(err, errRollback) {
@@ -167,18 +160,28 @@ func compareInt64(a, b int64) int {
 // and returns the groups that do.
 func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, byID map[int64]*group) ([]*group, error) {
 	lockStart := time.Now()
-	var creds []*model.Credential
-	err := tx.NewSelect().Model(&creds).
-		Where("id IN (?)", bun.In(ids)).
-		OrderExpr("id").
-		For("UPDATE SKIP LOCKED").
+	var rows []*lockedRow
+	err := tx.NewSelect().Model(&rows).
+		ColumnExpr("c.*").
+		ColumnExpr("a.version AS attempt_version").
+		ColumnExpr("extract(epoch FROM now() - a.started_at)::float8 AS attempt_age").
+		Join("LEFT JOIN refresh_attempts AS a ON a.credential_id = c.id").
+		Where("c.id IN (?)", bun.In(ids)).
+		OrderExpr("c.id").
+		For("UPDATE OF c SKIP LOCKED").
 		Scan(ctx)
 	c.observer.LockWait(time.Since(lockStart))
 	if err != nil {
 		return nil, fmt.Errorf("lock %d credentials: %w", len(ids), err)
 	}
-	for _, cred := range creds {
-		byID[cred.ID].cred = cred
+	creds := make([]*model.Credential, len(rows))
+	pending := map[int64]*pendingError{}
+	for i, row := range rows {
+		creds[i] = &row.Credential
+		byID[row.ID].cred = creds[i]
+		if pe := c.pending(creds[i], &row.attemptRow); pe != nil {
+			pending[row.ID] = pe
+		}
 	}
 	// Rows not returned are missing or locked by someone else.
 	var absent []int64
@@ -201,10 +204,6 @@ func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, byID m
 			}
 		}
 	}
-	pending, err := c.pendingAttempts(ctx, tx, creds)
-	if err != nil {
-		return nil, err
-	}
 	var need []*group
 	for _, cred := range creds {
 		g := byID[cred.ID]
@@ -226,6 +225,111 @@ func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, byID m
 	return need, nil
 }
 
+// writeBatch stores the provider results of a batch and clears its markers. The fast
+// path is one statement for every row under one savepoint; if it fails, the batch is
+// rolled back to that savepoint and written row by row, each under its own savepoint,
+// so that a failing row is retried alone.
+func (c *Consumer) writeBatch(ctx context.Context, tx bun.Tx, need []*group, began time.Time) error {
+	var ok, reauth []*group
+	for _, g := range need {
+		switch {
+		case g.err == nil:
+			ok = append(ok, g)
+		case errors.Is(g.err, provider.ErrInvalidGrant):
+			reauth = append(reauth, g)
+		default:
+			g.set(Retried, g.err)
+		}
+	}
+	ids := make([]int64, len(need))
+	for i, g := range need {
+		ids[i] = g.key.ID
+	}
+	stmts, err := c.batchStatements(tx, ok, reauth, began, ids)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, "SAVEPOINT rows; "+stmts+"; RELEASE SAVEPOINT rows")
+	if err == nil {
+		for _, g := range ok {
+			g.settleWritten(nil)
+		}
+		for _, g := range reauth {
+			g.settleWritten(g.err)
+		}
+		return nil
+	}
+	c.log.Warn("batch write failed; writing its rows one by one", "rows", len(ok)+len(reauth), "error", err)
+	if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT rows"); err != nil {
+		return err
+	}
+	for _, g := range append(ok, reauth...) {
+		if err := c.writeInSavepoint(ctx, tx, g, began); err != nil {
+			return err
+		}
+	}
+	return clearAttempts(ctx, tx, ids)
+}
+
+// batchStatements renders the fast path's statements: one UPDATE of the token
+// columns for every refreshed row, one for the rows the provider refused, and the
+// DELETE of the batch's markers.
+//
+// Each is rendered to text here and the lot sent with no arguments, so that a '?'
+// inside a rendered value is never taken for a placeholder.
+func (c *Consumer) batchStatements(tx bun.Tx, ok, reauth []*group, began time.Time, ids []int64) (string, error) {
+	var stmts []string
+	if len(ok) > 0 {
+		values := make([]string, len(ok))
+		var args []any
+		for i, g := range ok {
+			access, refresh, expires, err := c.sealed(g.cred, g.tok, began)
+			if err != nil {
+				return "", err
+			}
+			values[i] = "(?::bigint, ?::text, ?::text, ?::timestamptz)"
+			args = append(args, g.cred.ID, access, refresh, expires)
+		}
+		stmts = append(stmts, c.db.QueryGen().FormatQuery(`UPDATE credentials AS c SET
+			access_token = v.access_token, refresh_token = v.refresh_token, expires_at = v.expires_at,
+			refreshed_at = ?, version = c.version + 1, failures = 0, last_error = NULL, updated_at = now()
+			FROM (VALUES `+strings.Join(values, ", ")+`) AS v (id, access_token, refresh_token, expires_at)
+			WHERE c.id = v.id`, append([]any{began}, args...)...))
+	}
+	if len(reauth) > 0 {
+		rids := make([]int64, len(reauth))
+		for i, g := range reauth {
+			rids[i] = g.cred.ID
+		}
+		stmts = append(stmts, tx.NewUpdate().Model((*model.Credential)(nil)).
+			Set("status = ?", model.StatusReauthRequired).
+			Set("failures = failures + 1").
+			Set("last_error = ?", errOf(reauth[0].err)).
+			Set("updated_at = now()").
+			Where("id IN (?)", bun.In(rids)).String())
+	}
+	stmts = append(stmts, tx.NewDelete().Model((*model.Attempt)(nil)).Where("credential_id IN (?)", bun.In(ids)).String())
+	return strings.Join(stmts, "; "), nil
+}
+
+// settleWritten sets the outcomes of a group whose write succeeded: the lead made the
+// request the call answered; the others were satisfied by it. refused is the
+// provider's invalid_grant, if that was the answer.
+func (g *group) settleWritten(refused error) {
+	for _, j := range g.jobs {
+		switch {
+		case refused != nil && j == g.lead:
+			j.outcome, j.err = ReauthRequired, refused
+		case refused != nil:
+			j.outcome, j.err = SkippedReauth, nil
+		case j == g.lead:
+			j.outcome, j.err = Refreshed, nil
+		default:
+			j.outcome, j.err = SkippedFresh, nil
+		}
+	}
+}
+
 // writeInSavepoint stores one row's provider result under its own savepoint, so a
 // failing row is rolled back alone, and sets the group's outcome.
 func (c *Consumer) writeInSavepoint(ctx context.Context, tx bun.Tx, g *group, began time.Time) error {
@@ -240,7 +344,7 @@ func (c *Consumer) writeInSavepoint(ctx context.Context, tx bun.Tx, g *group, be
 	if g.err != nil {
 		err = markReauth(ctx, tx, g.cred.ID, errOf(g.err))
 	} else {
-		err = c.writeToken(ctx, tx, g.cred, g.tok, began)
+		err = c.writeToken(ctx, tx, g.cred, g.tok, began, false)
 	}
 	if err != nil {
 		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT row"); rerr != nil {
@@ -252,19 +356,7 @@ func (c *Consumer) writeInSavepoint(ctx context.Context, tx bun.Tx, g *group, be
 	if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT row"); err != nil {
 		return err
 	}
-	// The lead made the request the call answered; the others were satisfied by it.
-	for _, j := range g.jobs {
-		switch {
-		case g.err != nil && j == g.lead:
-			j.outcome, j.err = ReauthRequired, g.err
-		case g.err != nil:
-			j.outcome, j.err = SkippedReauth, nil
-		case j == g.lead:
-			j.outcome, j.err = Refreshed, nil
-		default:
-			j.outcome, j.err = SkippedFresh, nil
-		}
-	}
+	g.settleWritten(g.err)
 	return nil
 }
 

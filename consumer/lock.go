@@ -48,7 +48,7 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 			return err
 		}
 		lockStart := time.Now()
-		cred, err := lockCredential(ctx, tx, req.key)
+		cred, att, err := lockWithAttempt(ctx, tx, req.key)
 		c.observer.LockWait(time.Since(lockStart))
 		if errors.Is(err, sql.ErrNoRows) {
 			outcome = NotFound
@@ -71,8 +71,8 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 			outcome = Interrupted
 			return errStopping
 		}
-		if err := c.checkAttempt(ctx, tx, cred); err != nil {
-			return err
+		if pe := c.pending(cred, att); pe != nil {
+			return pe
 		}
 		if err := c.markAttempt(ctx, cred); err != nil {
 			return err
@@ -93,10 +93,7 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 			return err
 		}
 		answered = &answer{cred: cred, tok: tok, began: began}
-		if err := clearAttempt(ctx, tx, cred.ID); err != nil {
-			return err
-		}
-		if err := c.writeToken(ctx, tx, cred, tok, began); err != nil {
+		if err := c.writeToken(ctx, tx, cred, tok, began, true); err != nil {
 			return err
 		}
 		outcome = Refreshed
@@ -166,7 +163,7 @@ func (c *Consumer) salvage(ctx context.Context, key model.Key, a *answer) error 
 			if cur.Version != a.cred.Version {
 				return nil
 			}
-			if err := c.writeToken(ctx, tx, cur, a.tok, a.began); err != nil {
+			if err := c.writeToken(ctx, tx, cur, a.tok, a.began, false); err != nil {
 				return err
 			}
 			if cur.Status != model.StatusActive {
@@ -176,7 +173,7 @@ func (c *Consumer) salvage(ctx context.Context, key model.Key, a *answer) error 
 			}
 			return nil
 		})
-		if err == nil || errors.Is(err, sql.ErrNoRows) {
+		if err == nil || errors.Is(err, sql.ErrNoRows) || !retryable(err) {
 			return err
 		}
 		t := time.NewTimer(delay)
@@ -188,6 +185,20 @@ func (c *Consumer) salvage(ctx context.Context, key model.Key, a *answer) error 
 		}
 		delay = min(2*delay, 2*time.Second)
 	}
+}
+
+// retryable tells database errors that may pass (the server restarting, a connection
+// lost, a lock held) from those the same statement will meet again.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return true // no answer from the server: connection trouble
+	}
+	switch pgErr.Code[:2] {
+	case "08", "53", "57", "58", "40": // connection, resources, operator intervention, system, rollback
+		return true
+	}
+	return pgErr.Code == "55P03" // lock_not_available
 }
 
 // callProvider makes one token request and measures it.
@@ -224,37 +235,90 @@ func lockCredential(ctx context.Context, tx bun.IDB, key model.Key) (*model.Cred
 		For("UPDATE").
 		Scan(ctx)
 	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
-			return nil, fmt.Errorf("lock credential %d: %w", key.ID, ErrLockTimeout)
-		}
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("lock credential %d: %w", key.ID, err)
+		return nil, lockError(key, err)
 	}
 	return cred, nil
+}
+
+// sealed is what a refresh stores: the tokens in their stored form (sealed when a
+// keyring is configured; the old refresh token when the provider did not rotate) and
+// the expiry.
+func (c *Consumer) sealed(cred *model.Credential, tok provider.Token, began time.Time) (access, refresh string, expires time.Time, err error) {
+	if access, err = c.keyring.Seal("access_token", tok.AccessToken); err != nil {
+		return "", "", time.Time{}, err
+	}
+	refresh = cred.RefreshToken // stored form: kept when the provider did not rotate
+	if tok.RefreshToken != "" {
+		if refresh, err = c.keyring.Seal("refresh_token", tok.RefreshToken); err != nil {
+			return "", "", time.Time{}, err
+		}
+	}
+	expires = tok.Expiry
+	if expires.IsZero() {
+		expires = began.Add(c.cfg.DefaultTokenTTL)
+	}
+	return access, refresh, expires, nil
+}
+
+// attemptRow is the attempt marker found beside a locked row, if any.
+type attemptRow struct {
+	Version    *int64   `bun:"attempt_version,scanonly"`
+	AgeSeconds *float64 `bun:"attempt_age,scanonly"`
+}
+
+// lockedRow is a credential locked together with its attempt marker.
+type lockedRow struct {
+	model.Credential `bun:",extend"`
+	attemptRow
+}
+
+// lockWithAttempt is lockCredential that also reads the row's attempt marker in the
+// same statement (one round trip instead of two on the path every refresh takes).
+func lockWithAttempt(ctx context.Context, tx bun.IDB, key model.Key) (*model.Credential, *attemptRow, error) {
+	row := new(lockedRow)
+	err := tx.NewSelect().Model(row).
+		ColumnExpr("c.*").
+		ColumnExpr("a.version AS attempt_version").
+		ColumnExpr("extract(epoch FROM now() - a.started_at)::float8 AS attempt_age").
+		Join("LEFT JOIN refresh_attempts AS a ON a.credential_id = c.id").
+		Where("c.id = ?", key.ID).
+		Where("c.service = ?", key.Service).
+		For("UPDATE OF c").
+		Scan(ctx)
+	if err != nil {
+		return nil, nil, lockError(key, err)
+	}
+	return &row.Credential, &row.attemptRow, nil
+}
+
+// lockError names a failed lock, turning lock_not_available into ErrLockTimeout.
+func lockError(key model.Key, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+		return fmt.Errorf("lock credential %d: %w", key.ID, ErrLockTimeout)
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	return fmt.Errorf("lock credential %d: %w", key.ID, err)
 }
 
 // writeToken stores a refresh's result, sealed when a keyring is configured: only the
 // token columns and bookkeeping, so concurrent application writes to other columns
 // survive.
-func (c *Consumer) writeToken(ctx context.Context, tx bun.IDB, cred *model.Credential, tok provider.Token, began time.Time) error {
-	accessToken, err := c.keyring.Seal("access_token", tok.AccessToken)
+//
+// With clearMarker, the statement also deletes the row's attempt marker, so the marker
+// goes exactly when the token it guards is committed, without another round trip.
+func (c *Consumer) writeToken(ctx context.Context, tx bun.IDB, cred *model.Credential, tok provider.Token, began time.Time, clearMarker bool) error {
+	accessToken, refreshToken, expires, err := c.sealed(cred, tok, began)
 	if err != nil {
 		return err
 	}
-	refreshToken := cred.RefreshToken // stored form: kept when the provider did not rotate
-	if tok.RefreshToken != "" {
-		if refreshToken, err = c.keyring.Seal("refresh_token", tok.RefreshToken); err != nil {
-			return err
-		}
+	q := tx.NewUpdate().Model((*model.Credential)(nil))
+	if clearMarker {
+		q = q.With("cleared", tx.NewDelete().Model((*model.Attempt)(nil)).Where("credential_id = ?", cred.ID))
 	}
-	expires := tok.Expiry
-	if expires.IsZero() {
-		expires = began.Add(c.cfg.DefaultTokenTTL)
-	}
-	res, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+	res, err := q.
 		Set("access_token = ?", accessToken).
 		Set("refresh_token = ?", refreshToken).
 		Set("expires_at = ?", expires).

@@ -36,7 +36,7 @@ func (c *Consumer) refreshNaive(ctx context.Context, req request, prov provider.
 	if err != nil {
 		return Retried, err
 	}
-	if err := c.writeToken(ctx, c.db, cred, tok, began); err != nil {
+	if err := c.writeToken(ctx, c.db, cred, tok, began, false); err != nil {
 		return Retried, err
 	}
 	return Refreshed, nil

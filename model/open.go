@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
@@ -19,6 +20,10 @@ func Open(ctx context.Context, url string, maxConns int) (*bun.DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Bun renders every value into the SQL text itself, so no statement is ever reused
+	// with new parameters: preparing each one (pgx's default) costs an extra round trip
+	// and churns its statement cache. The simple protocol sends each in one.
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 	sqldb := stdlib.OpenDB(*cfg)
 	if maxConns > 0 {
 		sqldb.SetMaxOpenConns(maxConns)

@@ -46,6 +46,8 @@ type Options struct {
 	SweepRequests int
 	// Concurrencies are tried for the per-row consume figure.
 	Concurrencies []int
+	// BatchSizes are tried with batched commits at the best per-row concurrency.
+	BatchSizes []int
 	// SlowConcurrencies are the slow-provider figure's concurrencies; each is capped by
 	// the database connections available.
 	SlowConcurrencies []int
@@ -92,6 +94,7 @@ func DefaultOptions() Options {
 		Requests:          100_000,
 		SweepRequests:     20_000,
 		Concurrencies:     []int{8, 16, 32, 64},
+		BatchSizes:        []int{8, 16, 32},
 		SlowConcurrencies: []int{32, 128, 512},
 		SlowLatency:       100 * time.Millisecond,
 		SlowRounds:        20,
@@ -111,6 +114,7 @@ func QuickOptions() Options {
 		Requests:          1_000,
 		SweepRequests:     300,
 		Concurrencies:     []int{4, 16},
+		BatchSizes:        []int{4, 16},
 		SlowConcurrencies: []int{8, 16, 32},
 		SlowLatency:       100 * time.Millisecond,
 		SlowRounds:        2,
@@ -193,6 +197,7 @@ type rig struct {
 	setup  *bun.DB   // seeding, vacuum, checks
 	ns     *natsserver.Server
 	nc     *nats.Conn
+	batch  int // consumer batch size of the run under way (0: per row)
 	js     jetstream.JetStream
 
 	maxConns    int // connections one pool may hold

@@ -32,6 +32,21 @@ type ConsumeFigure struct {
 	SQLExtra    []string `json:"sql_extra"`
 	// DB is what the best end-to-end run did to the database.
 	DB DBDelta `json:"db"`
+	// Batch is the consumer with batched commits (REFRESHER_BATCH_SIZE) at the best
+	// per-row concurrency, beside that per-row run.
+	Batch []BatchPoint `json:"batch"`
+	// BestBatch is the batch size with the best rate.
+	BestBatch BatchPoint `json:"best_batch"`
+}
+
+// BatchPoint is one batch size's end-to-end rate beside the per-row rate.
+type BatchPoint struct {
+	BatchSize   int     `json:"batch_size"`
+	Concurrency int     `json:"concurrency"`
+	Requests    int     `json:"requests"`
+	Rate        float64 `json:"rate"`
+	PerRowRate  float64 `json:"per_row_rate"`
+	Ratio       float64 `json:"ratio"`
 }
 
 // ConsumePoint is one concurrency's end-to-end rate and baseline rate.
@@ -43,6 +58,9 @@ type ConsumePoint struct {
 	Rate         float64 `json:"rate"`
 	BaselineRate float64 `json:"baseline_rate"`
 	Ratio        float64 `json:"ratio"`
+	// MinimalRate is the bare lock-and-update without the attempt marker (minimalTx):
+	// BaselineRate / MinimalRate is what the marker costs.
+	MinimalRate float64 `json:"minimal_rate"`
 }
 
 func (r *rig) consumeFigure(ctx context.Context, rep *Report) error {
@@ -81,8 +99,51 @@ func (r *rig) consumeFigure(ctx context.Context, rep *Report) error {
 		return err
 	}
 	f.Best.Asked = best.Asked
+	for _, k := range r.opts.BatchSizes {
+		if k > f.Best.Concurrency {
+			continue
+		}
+		bp, err := r.batchPoint(ctx, f.Best.Concurrency, k, r.opts.Requests)
+		if err != nil {
+			return err
+		}
+		bp.PerRowRate = f.Best.Rate
+		bp.Ratio = ratio(bp.Rate, bp.PerRowRate)
+		f.Batch = append(f.Batch, bp)
+		r.log.Info("bench: consume batch", "batch", k, "rate", int(bp.Rate), "per_row", int(bp.PerRowRate))
+	}
+	if len(f.Batch) > 0 {
+		f.BestBatch = slices.MaxFunc(f.Batch, func(a, b BatchPoint) int { return cmp.Compare(a.Rate, b.Rate) })
+	}
 	rep.Consume = f
 	return nil
+}
+
+// batchPoint measures n requests through a consumer with batch size k at
+// concurrency conc.
+func (r *rig) batchPoint(ctx context.Context, conc, k, n int) (BatchPoint, error) {
+	bp := BatchPoint{BatchSize: k, Concurrency: conc, Requests: n}
+	ids := r.consIDs[:n]
+	if err := r.vacuum(ctx); err != nil {
+		return bp, err
+	}
+	if err := r.resetStreams(ctx); err != nil {
+		return bp, err
+	}
+	if err := r.publishRequests(ctx, n, func(i int) *nats.Msg { return requestMsg(serviceConsume, ids[i]) }); err != nil {
+		return bp, err
+	}
+	r.batch = k
+	defer func() { r.batch = 0 }()
+	run, err := r.consumePooled(ctx, serviceConsume, &instantProvider{}, conc, n, nil)
+	if err != nil {
+		return bp, err
+	}
+	if run.stats.Refreshed != int64(n) {
+		return bp, fmt.Errorf("batch consumer (%d) refreshed %d of %d requests: %+v", k, run.stats.Refreshed, n, run.stats)
+	}
+	bp.Rate = run.rate()
+	return bp, nil
 }
 
 // capConcurrency lowers a concurrency to what the connection budget allows.
@@ -99,11 +160,18 @@ func (r *rig) consumePoint(ctx context.Context, conc, n int, final bool) (Consum
 	if err := r.vacuum(ctx); err != nil {
 		return pt, DBDelta{}, err
 	}
-	elapsed, err := r.directPooled(ctx, serviceConsume, prov, conc, ids)
+	elapsed, err := r.directPooled(ctx, serviceConsume, prov, conc, ids, false)
 	if err != nil {
 		return pt, DBDelta{}, err
 	}
 	pt.BaselineRate = float64(n) / elapsed.Seconds()
+	if err := r.vacuum(ctx); err != nil {
+		return pt, DBDelta{}, err
+	}
+	if elapsed, err = r.directPooled(ctx, serviceConsume, prov, conc, ids, true); err != nil {
+		return pt, DBDelta{}, err
+	}
+	pt.MinimalRate = float64(n) / elapsed.Seconds()
 
 	if err := r.vacuum(ctx); err != nil {
 		return pt, DBDelta{}, err

@@ -171,8 +171,10 @@ func (r *rig) latencyFigure(ctx context.Context, rep *Report) error {
 // directAtRate starts one direct transaction per interval, at most conc at once,
 // and returns each one's time from its scheduled start to its commit.
 func (r *rig) directAtRate(ctx context.Context, db *bun.DB, conc int, ids []int64, interval time.Duration) ([]time.Duration, error) {
-	cfg := r.consumerConfig(conc)
-	prov := &instantProvider{}
+	c, err := r.directConsumer(db, &instantProvider{}, conc)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]time.Duration, len(ids))
 	slots := make(chan struct{}, conc)
 	var (
@@ -190,7 +192,7 @@ func (r *rig) directAtRate(ctx context.Context, db *bun.DB, conc int, ids []int6
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			ok, err := directTx(ctx, db, cfg, model.Key{Service: serviceConsume, ID: id}, t0, prov)
+			ok, err := directTx(ctx, c, model.Key{Service: serviceConsume, ID: id}, t0)
 			if err == nil && !ok {
 				err = fmt.Errorf("credential %d: skipped, want a refresh", id)
 			}

@@ -46,9 +46,11 @@ const (
 	TargetRSS        = "publish peak RSS, large / small row count"
 	TargetDuplicates = "provider calls per row, duplicated requests"
 	TargetSkipWrites = "rows written by the skip path"
+	TargetBatch      = "batched commits / per-row consume, same concurrency"
 
 	targetConsumeRatio = 0.8
 	targetPublishRatio = 0.7
+	targetBatchRatio   = 2.0
 	targetRSSRatio     = 1.10
 	targetCallsPerRow  = 1.05
 )
@@ -67,6 +69,7 @@ func (rep *Report) judge() {
 		atMost(TargetRSS, rep.Publish.RSS.Ratio, targetRSSRatio),
 		atMost(TargetDuplicates, rep.Duplicates.CallsPerRow, targetCallsPerRow),
 		atMost(TargetSkipWrites, float64(rep.Skip.DB.RowsUpdated), 0),
+		atLeast(TargetBatch, rep.Consume.BestBatch.Ratio, targetBatchRatio),
 	}
 }
 
@@ -139,9 +142,19 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	c := rep.Consume
 	row(fmt.Sprintf("2 consume %s, c=%d%s, %s requests", c.Mode, c.Best.Concurrency, asked(c.Best.Asked), num(float64(c.Best.Requests))),
 		num(c.Best.Rate)+" refresh/s", fmt.Sprintf("direct tx, c=%d: %s tx/s", c.Best.Concurrency, num(c.Best.BaselineRate)), c.Best.Ratio, TargetConsume)
+	row("    the direct tx without the attempt marker (what the marker costs)", num(c.Best.BaselineRate)+" tx/s",
+		fmt.Sprintf("bare lock-and-update: %s tx/s", num(c.Best.MinimalRate)), ratio(c.Best.BaselineRate, c.Best.MinimalRate), "")
 	for _, s := range c.Sweep {
 		row(fmt.Sprintf("    sweep c=%d%s, %s requests", s.Concurrency, asked(s.Asked), num(float64(s.Requests))),
 			num(s.Rate)+" refresh/s", fmt.Sprintf("direct tx: %s tx/s", num(s.BaselineRate)), s.Ratio, "")
+	}
+	for _, b := range c.Batch {
+		target := ""
+		if b == c.BestBatch {
+			target = TargetBatch
+		}
+		row(fmt.Sprintf("2 consume batched, %d per commit, c=%d, %s requests", b.BatchSize, b.Concurrency, num(float64(b.Requests))),
+			num(b.Rate)+" refresh/s", fmt.Sprintf("per-row, c=%d: %s refresh/s", b.Concurrency, num(b.PerRowRate)), b.Ratio, target)
 	}
 
 	l := rep.Latency

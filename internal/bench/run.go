@@ -84,6 +84,9 @@ func (r *rig) consumerConfig(conc int) consumer.Config {
 	if r.opts.Tune != nil {
 		r.opts.Tune(&cfg)
 	}
+	if r.batch > 1 {
+		cfg.BatchSize = min(r.batch, conc)
+	}
 	return cfg
 }
 
@@ -150,13 +153,13 @@ func (r *rig) consumePooled(ctx context.Context, service string, prov provider.R
 }
 
 // directPooled is direct on a pool of its own, closed when the run ends.
-func (r *rig) directPooled(ctx context.Context, service string, prov provider.Refresher, conc int, ids []int64) (time.Duration, error) {
+func (r *rig) directPooled(ctx context.Context, service string, prov provider.Refresher, conc int, ids []int64, minimal bool) (time.Duration, error) {
 	db, err := r.openPool(ctx, conc)
 	if err != nil {
 		return 0, err
 	}
 	defer db.Close()
-	return r.direct(ctx, db, service, prov, conc, ids)
+	return r.direct(ctx, db, service, prov, conc, ids, minimal)
 }
 
 // consumerRun is what one run of a real consumer came to.
@@ -273,13 +276,37 @@ func requestMsg(service string, id int64) *nats.Msg {
 	return nats.NewMsg(model.Key{Service: service, ID: id}.Subject())
 }
 
-// directTx is the baseline: the consumer's per-message transaction, statement for
-// statement (consumer/lock.go: the same SET LOCAL, SELECT ... FOR UPDATE, skip rule,
-// provider call and UPDATE of the token columns, through the same bun handle and
-// pgx driver), without NATS, parsing, logging or acknowledgement. The statements are
-// compared with the consumer's in every run (see sqlShapes). It reports whether
-// it refreshed (false: the skip rule answered).
-func directTx(ctx context.Context, db *bun.DB, cfg consumer.Config, key model.Key, requestedAt time.Time, prov provider.Refresher) (bool, error) {
+// directTx is the baseline: the consumer's own per-message transaction, run through
+// (*consumer.Consumer).RefreshNow on the same bun handle and pgx driver, without NATS,
+// parsing, logging or acknowledgement. Being the same code, it sends the same
+// statements; sqlShapes checks that in every run. It reports whether it refreshed
+// (false: the skip rule answered).
+func directTx(ctx context.Context, c *consumer.Consumer, key model.Key, requestedAt time.Time) (bool, error) {
+	outcome, err := c.RefreshNow(ctx, key, requestedAt)
+	if err != nil {
+		return false, err
+	}
+	switch outcome {
+	case consumer.Refreshed:
+		return true, nil
+	case consumer.SkippedFresh:
+		return false, nil
+	}
+	return false, fmt.Errorf("credential %d: %s", key.ID, outcome)
+}
+
+// directConsumer is a consumer on db used only for RefreshNow: the baseline side.
+func (r *rig) directConsumer(db *bun.DB, prov provider.Refresher, conc int) (*consumer.Consumer, error) {
+	return consumer.New(db, r.nc, map[string]provider.Refresher{serviceConsume: prov}, r.consumerConfig(conc),
+		consumer.WithLogger(r.quiet))
+}
+
+// minimalTx is the least a locked refresh can be: SET LOCAL, SELECT ... FOR UPDATE,
+// the skip rule, the provider call, the UPDATE of the token columns, commit; without
+// the attempt marker the consumer adds so that no one presents a token whose rotation
+// is still being saved. Beside it, the consumer's own transaction shows what that
+// safety costs. It reports whether it refreshed (false: the skip rule answered).
+func minimalTx(ctx context.Context, db *bun.DB, cfg consumer.Config, key model.Key, requestedAt time.Time, prov provider.Refresher) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.LockTimeout+2*cfg.ProviderTimeout+5*time.Second) // the consumer's deadline
 	defer cancel()
 	refreshed := false
@@ -337,10 +364,22 @@ func directTx(ctx context.Context, db *bun.DB, cfg consumer.Config, key model.Ke
 // errSkip rolls back a direct transaction the skip rule answered, as the consumer does.
 var errSkip = errors.New("skip")
 
-// direct runs directTx for every id at concurrency conc and returns the wall time.
-// Every transaction must refresh: the rows were last refreshed before requestedAt.
-func (r *rig) direct(ctx context.Context, db *bun.DB, service string, prov provider.Refresher, conc int, ids []int64) (time.Duration, error) {
+// direct runs the baseline transaction for every id at concurrency conc and returns
+// the wall time: the consumer's own (directTx), or with minimal set the bare
+// lock-and-update (minimalTx). Every transaction must refresh: the rows were last
+// refreshed before requestedAt.
+func (r *rig) direct(ctx context.Context, db *bun.DB, service string, prov provider.Refresher, conc int, ids []int64, minimal bool) (time.Duration, error) {
 	cfg := r.consumerConfig(conc)
+	c, err := r.directConsumer(db, prov, conc)
+	if err != nil {
+		return 0, err
+	}
+	tx := func(key model.Key, at time.Time) (bool, error) {
+		if minimal {
+			return minimalTx(ctx, db, cfg, key, at, prov)
+		}
+		return directTx(ctx, c, key, at)
+	}
 	requestedAt := time.Now()
 	var (
 		next    atomic.Int64
@@ -358,7 +397,7 @@ func (r *rig) direct(ctx context.Context, db *bun.DB, service string, prov provi
 				if i >= int64(len(ids)) || ctx.Err() != nil {
 					return
 				}
-				ok, err := directTx(ctx, db, cfg, model.Key{Service: service, ID: ids[i]}, requestedAt, prov)
+				ok, err := tx(model.Key{Service: service, ID: ids[i]}, requestedAt)
 				if err == nil && !ok {
 					err = fmt.Errorf("credential %d: skipped, want a refresh", ids[i])
 				}

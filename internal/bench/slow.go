@@ -56,7 +56,7 @@ func (r *rig) slowFigure(ctx context.Context, rep *Report) error {
 		ids := r.consIDs[:n]
 		prov := &slowProvider{latency: r.opts.SlowLatency}
 		err := func() error {
-			elapsed, err := r.directPooled(ctx, serviceConsume, prov, eff, ids)
+			elapsed, err := r.directPooled(ctx, serviceConsume, prov, eff, ids, false)
 			if err != nil {
 				return err
 			}

@@ -76,7 +76,11 @@ func (r *rig) sqlShapes(ctx context.Context) (consumerSQL, directSQL []string, e
 	}
 	defer ddb.Close()
 	ddb.AddQueryHook(directRec)
-	ok, err := directTx(ctx, ddb, r.consumerConfig(1), model.Key{Service: serviceConsume, ID: r.consIDs[1]}, time.Now(), prov)
+	dc, err := r.directConsumer(ddb, prov, 1)
+	if err != nil {
+		return nil, nil, err
+	}
+	ok, err := directTx(ctx, dc, model.Key{Service: serviceConsume, ID: r.consIDs[1]}, time.Now())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,0 +1,53 @@
+package consumer_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/publisher"
+)
+
+// TestBatchRowFailureIsolated: in a batch, a row whose write fails is rolled back
+// alone (its own savepoint) while the rest of the batch commits.
+func TestBatchRowFailureIsolated(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{BatchSize: 8})
+	ids := env.Seed("github", 8)
+	bad := ids[3]
+	ctx := context.Background()
+	// A trigger that refuses any write to one row stands in for a row-level failure.
+	for _, stmt := range []string{
+		`CREATE FUNCTION refuse_row() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'row refused'; END $$ LANGUAGE plpgsql`,
+		fmt.Sprintf(`CREATE TRIGGER refuse BEFORE UPDATE ON credentials FOR EACH ROW WHEN (OLD.id = %d) EXECUTE FUNCTION refuse_row()`, bad),
+	} {
+		if _, err := env.DB.ExecContext(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := env.Config()
+	cfg.MaxDeliver = 2
+	// Publish first so that one batch takes them all.
+	if _, err := env.Publisher(publisher.WithWindow(0)).Publish(ctx, "github", ids...); err != nil {
+		t.Fatal(err)
+	}
+	env.StartConsumer(cfg)
+	env.WaitIdle(time.Minute)
+	if !strings.Contains(env.Logs(), "batch write failed; writing its rows one by one") {
+		t.Fatal("the batch never took the row-by-row path: the test did not exercise it")
+	}
+	for _, id := range ids {
+		c := env.Credential(id)
+		switch {
+		case id == bad && c.Version != 0:
+			t.Fatalf("the refused row was written: %+v", c)
+		case id != bad && c.Version != 1:
+			t.Fatalf("credential %d version %d: a row of the batch was rolled back with the failing one", id, c.Version)
+		}
+	}
+	if dls := env.DeadLetters(); len(dls) != 1 || !strings.HasSuffix(dls[0].Original, fmt.Sprint(bad)) {
+		t.Fatalf("dead letters %+v: want only the refused row", dls)
+	}
+}

@@ -1,0 +1,29 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/refresher/refresher/model"
+)
+
+// RefreshNow runs, without NATS, the transaction a refresh request for key made at
+// requestedAt would get from the fleet: lock, skip rule, attempt marker, provider call,
+// write, commit. Application code can use it to refresh a credential synchronously
+// (say, right after a 401) under the same lock and rules as the fleet, and the
+// benchmark uses it as the baseline for the fleet's end-to-end rate.
+//
+// ctx is checked before starting; once started, the transaction runs to its own
+// deadline, because abandoning it after the provider answered would lose the token.
+// A Retried outcome comes with the error that caused it.
+func (c *Consumer) RefreshNow(ctx context.Context, key model.Key, requestedAt time.Time) (Outcome, error) {
+	if err := ctx.Err(); err != nil {
+		return Retried, err
+	}
+	prov, ok := c.providers[key.Service]
+	if !ok {
+		return Malformed, fmt.Errorf("unknown service %q", key.Service)
+	}
+	return c.refresh(request{key: key, requestedAt: requestedAt}, prov, 1)
+}
