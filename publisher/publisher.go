@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -189,68 +188,75 @@ func (p *Publisher) publishAll(ctx context.Context, service string, next func() 
 }
 
 // publishMsgs is the bounded async pipeline every publish path goes through: up to
-// maxInFlight messages await their acks; a message whose async publish fails is
-// retried synchronously with the same Nats-Msg-Id (so a retry of a message that was in
-// fact stored is acknowledged as a duplicate, not stored twice).
+// maxInFlight messages await their acks, in a channel that one collector drains in
+// publish order (acks come back in about that order); a message whose async publish
+// fails is retried synchronously with the same Nats-Msg-Id (so a retry of a message
+// that was in fact stored is acknowledged as a duplicate, not stored twice). Memory is
+// the window, whatever the number of messages: no goroutine or buffer per message.
 func (p *Publisher) publishMsgs(ctx context.Context, next func() (*nats.Msg, bool)) (Result, error) {
-	var (
-		mu  sync.Mutex
-		res Result
-		wg  sync.WaitGroup
-	)
-	slots := make(chan struct{}, p.maxInFlight)
-	record := func(ack *jetstream.PubAck, err error) {
-		mu.Lock()
-		switch {
-		case err != nil:
-			res.Failed++
-		case ack.Duplicate:
-			res.Duplicate++
-		default:
-			res.Published++
-		}
-		snapshot := res
-		mu.Unlock()
-		if p.progress != nil {
-			p.progress(snapshot)
-		}
+	type inflight struct {
+		msg *nats.Msg
+		fut jetstream.PubAckFuture
+		err error
 	}
-	finish := func(msg *nats.Msg, fut jetstream.PubAckFuture, err error) {
-		defer wg.Done()
-		defer func() { <-slots }()
-		if err == nil {
-			select {
-			case ack := <-fut.Ok():
-				record(ack, nil)
-				return
-			case err = <-fut.Err():
-			case <-ctx.Done():
-				err = ctx.Err()
+	var res Result // the collector's until it is done
+	dropped := 0   // publishes never handed to the collector (interrupted)
+	window := make(chan inflight, p.maxInFlight)
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		// Once a message has failed every retry, the stream is unreachable: the rest
+		// get one attempt each instead of the whole schedule, so a run against a dead
+		// server ends in seconds, reporting every message it could not store.
+		retries := p.retries
+		for f := range window {
+			var ack *jetstream.PubAck
+			err := f.err
+			if err == nil {
+				select {
+				case ack = <-f.fut.Ok():
+				case err = <-f.fut.Err():
+				case <-ctx.Done():
+					err = ctx.Err()
+				}
+			}
+			if err != nil {
+				if ack, err = p.retry(ctx, f.msg, err, retries); err != nil {
+					p.log.Warn("publish failed", "subject", f.msg.Subject, "error", err)
+					retries = min(retries, 1)
+				} else {
+					retries = p.retries
+				}
+			}
+			switch {
+			case err != nil:
+				res.Failed++
+			case ack.Duplicate:
+				res.Duplicate++
+			default:
+				res.Published++
+			}
+			if p.progress != nil {
+				p.progress(res)
 			}
 		}
-		ack, err := p.retry(ctx, msg, err)
-		if err != nil {
-			p.log.Warn("publish failed", "subject", msg.Subject, "error", err)
-		}
-		record(ack, err)
-	}
+	}()
 	for ctx.Err() == nil {
 		msg, ok := next()
 		if !ok {
 			break
 		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		wg.Add(1)
 		fut, err := p.js.PublishMsgAsync(msg)
-		go finish(msg, fut, err)
+		select {
+		case window <- inflight{msg: msg, fut: fut, err: err}:
+		case <-ctx.Done():
+			dropped++
+		}
 	}
-	wg.Wait()
+	close(window)
+	<-collected
+	// Not handed to the collector: counted as failed, never as published.
+	res.Failed += dropped
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("publish interrupted after %d messages: %w", res.Total(), ctx.Err())
 	}
@@ -261,10 +267,13 @@ func (p *Publisher) publishMsgs(ctx context.Context, next func() (*nats.Msg, boo
 }
 
 // retry republishes msg synchronously with backoff after first failed.
-func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) (*jetstream.PubAck, error) {
+func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error, retries int) (*jetstream.PubAck, error) {
 	err := first
 	delay := 250 * time.Millisecond
-	for attempt := 1; attempt <= p.retries && ctx.Err() == nil; attempt++ {
+	for attempt := 1; attempt <= retries && ctx.Err() == nil; attempt++ {
+		if p.js.Conn().IsClosed() {
+			return nil, fmt.Errorf("connection closed: %w", err)
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
@@ -281,5 +290,5 @@ func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error) (*jet
 		}
 		err = perr
 	}
-	return nil, fmt.Errorf("after %d retries: %w", p.retries, err)
+	return nil, fmt.Errorf("after %d retries: %w", retries, err)
 }

@@ -101,8 +101,11 @@ func TestBenchQuickJSON(t *testing.T) {
 	if rep.Skip.DB.RowsUpdated != 0 || rep.Skip.DB.Rollbacks < int64(rep.Skip.Requests) {
 		t.Errorf("skip path wrote: %+v", rep.Skip.DB)
 	}
-	if len(rep.Targets) != 5 {
-		t.Errorf("%d targets, want 5", len(rep.Targets))
+	if len(rep.Targets) != 6 {
+		t.Errorf("%d targets, want 6", len(rep.Targets))
+	}
+	if len(rep.Consume.Batch) == 0 || rep.Consume.BestBatch.Rate <= 0 || rep.Consume.Best.MinimalRate <= 0 {
+		t.Errorf("batch figure %+v, minimal rate %v", rep.Consume.Batch, rep.Consume.Best.MinimalRate)
 	}
 
 	// The database the run worked in is gone.

@@ -126,6 +126,7 @@ func TestJudge(t *testing.T) {
 	rep.Publish.RSS.Ratio = 1.2
 	rep.Duplicates.CallsPerRow = 1
 	rep.Skip.DB.RowsUpdated = 1
+	rep.Consume.BestBatch.Ratio = 2
 	rep.judge()
 	got := map[string]bool{}
 	for _, tg := range rep.Targets {
@@ -137,6 +138,7 @@ func TestJudge(t *testing.T) {
 		TargetRSS:        false,
 		TargetDuplicates: true,
 		TargetSkipWrites: false,
+		TargetBatch:      true,
 	}
 	if len(got) != len(want) {
 		t.Fatalf("targets %v, want %v", got, want)
