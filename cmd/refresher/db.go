@@ -22,3 +22,17 @@ func openDB(ctx context.Context, maxConns int) (*bun.DB, error) {
 	}
 	return db, err
 }
+
+// openSealedDB opens DATABASE_URL for a command that reads or writes tokens, with the
+// keyring from REFRESHER_ENCRYPTION_KEYS (nil when encryption is off).
+func openSealedDB(ctx context.Context, maxConns int) (*bun.DB, *model.Keyring, error) {
+	keyring, err := config.Keyring()
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := openDB(ctx, maxConns)
+	if err != nil {
+		return nil, nil, err
+	}
+	return db, keyring, nil
+}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/internal/seed"
 	"github.com/refresher/refresher/model"
@@ -29,11 +28,7 @@ func seedCmd(e *env) *cobra.Command {
 			if count < 1 {
 				return usageError{fmt.Errorf("--count %d: must be at least 1", count)}
 			}
-			keyring, err := config.Keyring()
-			if err != nil {
-				return err
-			}
-			db, err := openDB(cmd.Context(), 2)
+			db, keyring, err := openSealedDB(cmd.Context(), 2)
 			if err != nil {
 				return err
 			}

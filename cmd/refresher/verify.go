@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/verify"
 )
 
@@ -20,11 +19,7 @@ func verifyCmd(e *env) *cobra.Command {
 			if providerURL == "" {
 				return usageError{errors.New("--provider is required")}
 			}
-			keyring, err := config.Keyring()
-			if err != nil {
-				return err
-			}
-			db, err := openDB(cmd.Context(), 2)
+			db, keyring, err := openSealedDB(cmd.Context(), 2)
 			if err != nil {
 				return err
 			}
