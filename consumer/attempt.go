@@ -42,44 +42,6 @@ func (c *Consumer) pendingFor(age time.Duration) *pendingError {
 	return nil // expired: its owner is gone and nobody will save that token
 }
 
-// pendingAttempts finds the unexpired markers for the versions of the rows just
-// locked. A marker for an older version is stale: that attempt's result was committed.
-// An expired one belongs to a process that is gone and will save nothing.
-func (c *Consumer) pendingAttempts(ctx context.Context, tx bun.IDB, creds []*model.Credential) (map[int64]*pendingError, error) {
-	if len(creds) == 0 {
-		return nil, nil
-	}
-	ids := make([]int64, len(creds))
-	version := make(map[int64]int64, len(creds))
-	for i, cr := range creds {
-		ids[i] = cr.ID
-		version[cr.ID] = cr.Version
-	}
-	var rows []struct {
-		CredentialID int64   `bun:"credential_id"`
-		Version      int64   `bun:"version"`
-		AgeSeconds   float64 `bun:"age"`
-	}
-	err := tx.NewSelect().Model((*model.Attempt)(nil)).
-		Column("credential_id", "version").
-		ColumnExpr("extract(epoch FROM now() - started_at)::float8 AS age").
-		Where("credential_id IN (?)", bun.In(ids)).
-		Scan(ctx, &rows)
-	if err != nil {
-		return nil, fmt.Errorf("check refresh attempts of %d credentials: %w", len(ids), err)
-	}
-	pending := map[int64]*pendingError{}
-	for _, r := range rows {
-		if r.Version != version[r.CredentialID] {
-			continue
-		}
-		if pe := c.pendingFor(time.Duration(r.AgeSeconds * float64(time.Second))); pe != nil {
-			pending[r.CredentialID] = pe
-		}
-	}
-	return pending, nil
-}
-
 // markAttempt commits a marker for cred's current version; see markAttempts.
 func (c *Consumer) markAttempt(ctx context.Context, cred *model.Credential) error {
 	return c.markAttempts(ctx, []*model.Credential{cred})

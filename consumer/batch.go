@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -142,18 +143,8 @@ func groupJobs(jobs []*job) []*group {
 			g.lead = j
 		}
 	}
-	slices.SortFunc(groups, func(a, b *group) int { return compareInt64(a.key.ID, b.key.ID) })
+	slices.SortFunc(groups, func(a, b *group) int { return cmp.Compare(a.key.ID, b.key.ID) })
 	return groups
-}
-
-func compareInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // lockBatch locks the batch's rows, decides every group that needs no provider call,

@@ -125,6 +125,9 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 			c.log.Warn("could not clear the attempt marker; the next try waits for it to expire", "subject", req.key.Subject(), "error", cerr)
 		}
 	}
+	if errors.Is(err, ErrAttemptPending) {
+		return Retried, err // not a failure of this credential: another attempt is in flight
+	}
 	if c.recordFailure(req.key, errOf(err)) != nil {
 		c.log.Warn("could not record failure", "subject", req.key.Subject())
 	}
