@@ -71,11 +71,11 @@ func (c *Consumer) refreshBatch(jobs []*job) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.attemptTTL())
 	defer cancel()
 	groups := groupJobs(jobs)
-	ids := make([]int64, len(groups))
-	byID := make(map[int64]*group, len(groups))
-	for i, g := range groups {
-		ids[i] = g.key.ID
-		byID[g.key.ID] = g
+	var ids []int64 // distinct, ascending: groups are sorted by id
+	for _, g := range groups {
+		if len(ids) == 0 || ids[len(ids)-1] != g.key.ID {
+			ids = append(ids, g.key.ID)
+		}
 	}
 
 	var calls []*group // rows whose provider was called, in id order
@@ -84,7 +84,7 @@ func (c *Consumer) refreshBatch(jobs []*job) {
 		if err := c.setLocal(ctx, tx); err != nil {
 			return err
 		}
-		need, err := c.lockBatch(ctx, tx, ids, byID)
+		need, err := c.lockBatch(ctx, tx, ids, groups)
 		if err != nil {
 			return err
 		}
@@ -127,15 +127,15 @@ func (c *Consumer) refreshBatch(jobs []*job) {
 	c.afterBatch(calls, err)
 }
 
-// groupJobs groups jobs by credential, in id order.
+// groupJobs groups jobs by credential (service and id), in id order.
 func groupJobs(jobs []*job) []*group {
 	var groups []*group
-	byID := map[int64]*group{}
+	byKey := map[model.Key]*group{}
 	for _, j := range jobs {
-		g, ok := byID[j.req.key.ID]
+		g, ok := byKey[j.req.key]
 		if !ok {
 			g = &group{key: j.req.key}
-			byID[j.req.key.ID] = g
+			byKey[j.req.key] = g
 			groups = append(groups, g)
 		}
 		g.jobs = append(g.jobs, j)
@@ -149,7 +149,10 @@ func groupJobs(jobs []*job) []*group {
 
 // lockBatch locks the batch's rows, decides every group that needs no provider call,
 // and returns the groups that do.
-func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, byID map[int64]*group) ([]*group, error) {
+//
+// Two groups may name the same id with different services (one of them garbage): the
+// row is locked once, and only the group whose service matches it goes on.
+func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, groups []*group) ([]*group, error) {
 	lockStart := time.Now()
 	var rows []*lockedRow
 	err := tx.NewSelect().Model(&rows).
@@ -165,40 +168,37 @@ func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, byID m
 	if err != nil {
 		return nil, fmt.Errorf("lock %d credentials: %w", len(ids), err)
 	}
-	creds := make([]*model.Credential, len(rows))
-	pending := map[int64]*pendingError{}
-	for i, row := range rows {
-		creds[i] = &row.Credential
-		byID[row.ID].cred = creds[i]
-		if pe := c.pending(creds[i], &row.attemptRow); pe != nil {
-			pending[row.ID] = pe
-		}
+	locked := make(map[int64]*lockedRow, len(rows))
+	for _, row := range rows {
+		locked[row.ID] = row
 	}
 	// Rows not returned are missing or locked by someone else.
-	var absent []int64
+	var absent, exist []int64
 	for _, id := range ids {
-		if byID[id].cred == nil {
+		if locked[id] == nil {
 			absent = append(absent, id)
 		}
 	}
 	if len(absent) > 0 {
-		var exist []int64
 		if err := tx.NewSelect().Model((*model.Credential)(nil)).Column("id").
 			Where("id IN (?)", bun.In(absent)).Scan(ctx, &exist); err != nil {
 			return nil, fmt.Errorf("check %d unlocked credentials: %w", len(absent), err)
 		}
-		for _, id := range absent {
-			if slices.Contains(exist, id) {
-				byID[id].set(Retried, fmt.Errorf("lock credential %d: %w", id, ErrLockedElsewhere))
-			} else {
-				byID[id].set(NotFound, nil)
-			}
-		}
 	}
 	var need []*group
-	for _, cred := range creds {
-		g := byID[cred.ID]
-		switch {
+	for _, g := range groups {
+		row := locked[g.key.ID]
+		if row == nil {
+			if slices.Contains(exist, g.key.ID) {
+				g.set(Retried, fmt.Errorf("lock credential %d: %w", g.key.ID, ErrLockedElsewhere))
+			} else {
+				g.set(NotFound, nil)
+			}
+			continue
+		}
+		cred := &row.Credential
+		g.cred = cred
+		switch pe := c.pending(cred, &row.attemptRow); {
 		case cred.Service != g.key.Service:
 			g.set(NotFound, nil)
 		case cred.Status != model.StatusActive:
@@ -207,8 +207,8 @@ func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, byID m
 			g.set(SkippedFresh, nil)
 		case c.isStopping() && g.lead.meta.NumDelivered < uint64(c.cfg.MaxDeliver):
 			g.set(Interrupted, nil)
-		case pending[cred.ID] != nil:
-			g.set(Retried, pending[cred.ID])
+		case pe != nil:
+			g.set(Retried, pe)
 		default:
 			need = append(need, g)
 		}

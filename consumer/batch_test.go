@@ -51,3 +51,29 @@ func TestBatchRowFailureIsolated(t *testing.T) {
 		t.Fatalf("dead letters %+v: want only the refused row", dls)
 	}
 }
+
+// TestSameIDOtherService: a request naming an existing id under another service is
+// a request for a row that does not exist; in a batch next to a good request for that
+// id, it must not stop the good one.
+func TestSameIDOtherService(t *testing.T) {
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
+		ids := env.Seed("github", 1)
+		ctx := context.Background()
+		p := env.Publisher(publisher.WithWindow(0))
+		if _, err := p.Publish(ctx, "google", ids[0]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Publish(ctx, "github", ids[0]); err != nil {
+			t.Fatal(err)
+		}
+		r := env.StartConsumer(env.Config())
+		env.WaitIdle(30 * time.Second)
+		if c := env.Credential(ids[0]); c.Version != 1 || c.Service != "github" {
+			t.Fatalf("credential %d: service %s version %d, want github refreshed once", c.ID, c.Service, c.Version)
+		}
+		if st := r.Stats(); st.NotFound != 1 || st.Refreshed != 1 {
+			t.Fatalf("stats %+v: want one not found (google) and one refreshed (github)", st)
+		}
+	})
+}
