@@ -53,6 +53,9 @@ func parseRequest(subject string, data []byte, header string, hasHeader bool, st
 	return request{key: key, requestedAt: at, reason: body.Reason}, nil
 }
 
+// ackConfirmTimeout bounds the wait for the server to confirm an ack.
+const ackConfirmTimeout = 2 * time.Second
+
 // job is one message on its way through the consumer.
 type job struct {
 	msg     jetstream.Msg
@@ -163,7 +166,12 @@ func (c *Consumer) settle(j *job) {
 	if ack {
 		// Acked only now, after the commit: a crash before this line redelivers, and the
 		// skip rule turns the redelivery into a no-op.
-		if aerr := j.msg.DoubleAck(context.Background()); aerr != nil {
+		// Bounded well below any drain timeout: a lost ack confirmation (a server
+		// failing over) only means a redelivery, which the skip rule answers.
+		actx, cancel := context.WithTimeout(context.Background(), ackConfirmTimeout)
+		aerr := j.msg.DoubleAck(actx)
+		cancel()
+		if aerr != nil {
 			log.Warn("ack after commit failed; the redelivery will be skipped", "error", aerr)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/internal/fleettest"
@@ -181,5 +182,40 @@ func TestPublishWithNATSDown(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "3 of 3") {
 		t.Fatalf("error %q does not say how many failed", err)
+	}
+}
+
+// TestEnsureStreamsWritesOnlyChanges: a fleet restarting together calls EnsureStreams
+// from every process; only a changed setting may reach the server as an update.
+func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	p := env.Publisher() // creates the streams
+	nc := env.Conn()
+	updates := make(chan struct{}, 10)
+	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.UPDATED.>", func(*nats.Msg) { updates <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg := publisher.DefaultStreamConfig()
+	for range 3 {
+		if err := publisher.EnsureStreams(ctx, p.JetStream(), cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.MaxAge = 48 * time.Hour
+	if err := publisher.EnsureStreams(ctx, p.JetStream(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 5*time.Second, "the update advisory", func() bool { return len(updates) >= 1 })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(updates); n != 1 {
+		t.Fatalf("%d stream updates, want 1 (only the changed MaxAge)", n)
 	}
 }

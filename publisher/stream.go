@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -84,9 +85,27 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 		},
 	}
 	for _, sc := range streams {
+		// Only write when something differs: every process calls this on start, and a
+		// fleet restarting together would otherwise send the server a burst of stream
+		// updates racing its consumers' (re)creation.
+		if s, err := js.Stream(ctx, sc.Name); err == nil && sameStream(s.CachedInfo().Config, sc) {
+			continue
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("create or update stream %s: %w", sc.Name, err)
 		}
 	}
 	return nil
+}
+
+// sameStream compares the settings EnsureStreams manages.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return have.Description == want.Description &&
+		slices.Equal(have.Subjects, want.Subjects) &&
+		have.Storage == want.Storage &&
+		have.Retention == want.Retention &&
+		have.Discard == want.Discard &&
+		have.MaxAge == want.MaxAge &&
+		have.Duplicates == want.Duplicates &&
+		have.Replicas == want.Replicas
 }
