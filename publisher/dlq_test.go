@@ -51,7 +51,7 @@ func TestDeadLetterLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	fleettest.Eventually(t, 30*time.Second, "6 dead letters", func() bool { return len(env.DeadLetters()) == 6 })
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 
 	all := listDeadLetters(t, env, 0)
 	if len(all) != 6 {
@@ -111,7 +111,7 @@ func TestDeadLetterLifecycle(t *testing.T) {
 	if res != want {
 		t.Fatalf("DLQ replay = %+v, want %+v", res, want)
 	}
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 	if got := env.Fake.Stats().Calls - calls; got != 4 {
 		t.Fatalf("DLQ replay made %d provider calls, want 4", got)
 	}

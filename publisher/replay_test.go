@@ -3,7 +3,6 @@ package publisher_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
@@ -82,26 +80,6 @@ func versions(t *testing.T, env *fleettest.Env, ids []int64) map[int64]int64 {
 	return out
 }
 
-// waitSettled waits until the fleet has settled (acknowledged or terminated) every
-// request REFRESH holds now. WaitIdle alone can return before the durable has even
-// counted the newest requests: the server tells consumers about a stored message
-// asynchronously, after the publish ack.
-func waitSettled(t *testing.T, env *fleettest.Env) {
-	t.Helper()
-	ctx := context.Background()
-	js := env.JS()
-	last := streamState(t, js, publisher.Stream).LastSeq
-	fleettest.Eventually(t, 30*time.Second, fmt.Sprintf("the fleet to settle requests up to %d", last), func() bool {
-		c, err := js.Consumer(ctx, publisher.Stream, consumer.Durable)
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(ctx)
-		return err == nil && info.AckFloor.Stream >= last
-	})
-	env.WaitIdle(30 * time.Second)
-}
-
 // TestReplayRedoesOnlyUnsatisfied is the property replay exists for: after an outage,
 // replaying the window re-does exactly the rows not refreshed since they were asked
 // for, and costs no provider call for the rest.
@@ -118,20 +96,20 @@ func TestReplayRedoesOnlyUnsatisfied(t *testing.T) {
 	if _, err := p.Publish(ctx, "github", ids...); err != nil {
 		t.Fatal(err)
 	}
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 	// Provider outage: the requests for rows 0-5 fail until they are dead-lettered.
 	env.Fake.SetOutage(true)
 	if _, err := p.Publish(ctx, "github", ids[:6]...); err != nil {
 		t.Fatal(err)
 	}
 	fleettest.Eventually(t, 30*time.Second, "6 dead letters", func() bool { return len(env.DeadLetters()) == 6 })
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 	env.Fake.SetOutage(false)
 	// Rows 3-5 are asked for again after the outage and refreshed: already satisfied.
 	if _, err := p.Publish(ctx, "github", ids[3:6]...); err != nil {
 		t.Fatal(err)
 	}
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 
 	before := versions(t, env, ids)
 	calls := env.Fake.Stats().Calls
@@ -143,7 +121,7 @@ func TestReplayRedoesOnlyUnsatisfied(t *testing.T) {
 	if res != want {
 		t.Fatalf("Replay = %+v, want %+v", res, want)
 	}
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 	if got := env.Fake.Stats().Calls - calls; got != 3 {
 		t.Fatalf("replay made %d provider calls, want 3 (rows 0-2 only)", got)
 	}
@@ -165,7 +143,7 @@ func TestReplayRedoesOnlyUnsatisfied(t *testing.T) {
 	if err != nil || res.Republished != 12 || res.Distinct != 12 {
 		t.Fatalf("second Replay = %+v, %v; want 12 republished", res, err)
 	}
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 	if got := env.Fake.Stats().Calls - calls; got != 0 {
 		t.Fatalf("second replay made %d provider calls, want 0", got)
 	}

@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
 )
@@ -101,7 +99,7 @@ func TestReplayAndDLQCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	fleettest.Eventually(t, 30*time.Second, "4 dead letters", func() bool { return len(env.DeadLetters()) == 4 })
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 
 	run := func(want int, args ...string) (string, string) {
 		t.Helper()
@@ -158,7 +156,7 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	calls := env.Fake.Stats().Calls
 	out, _ = run(0, "dlq", "replay", "--since", "1h", "--service", "github")
 	mustContain(out, "stream=REFRESH_DLQ", "read=4 distinct=3 skipped=1 republished=3 failed=0")
-	waitSettled(t, env)
+	env.WaitIdle(30 * time.Second)
 	if got := env.Fake.Stats().Calls - calls; got != 3 {
 		t.Fatalf("dlq replay made %d provider calls, want 3", got)
 	}
@@ -200,24 +198,4 @@ func streamLastSeq(t *testing.T, js jetstream.JetStream, name string) uint64 {
 		t.Fatal(err)
 	}
 	return info.State.LastSeq
-}
-
-// waitSettled waits until the fleet has settled (acknowledged or terminated) every
-// request REFRESH holds now. WaitIdle alone can return before the durable has even
-// counted the newest requests: the server tells consumers about a stored message
-// asynchronously, after the publish ack.
-func waitSettled(t *testing.T, env *fleettest.Env) {
-	t.Helper()
-	ctx := context.Background()
-	js := env.JS()
-	last := streamLastSeq(t, js, publisher.Stream)
-	fleettest.Eventually(t, 30*time.Second, fmt.Sprintf("the fleet to settle requests up to %d", last), func() bool {
-		c, err := js.Consumer(ctx, publisher.Stream, consumer.Durable)
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(ctx)
-		return err == nil && info.AckFloor.Stream >= last
-	})
-	env.WaitIdle(30 * time.Second)
 }
