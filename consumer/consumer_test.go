@@ -174,3 +174,30 @@ func TestInvalidGrant(t *testing.T) {
 		}
 	})
 }
+
+// TestRequestDuringRefreshIsNotSatisfiedByIt: refreshed_at records when the provider
+// call began, so a request made while that call is in flight (the token it asks to
+// replace may be the one being issued) gets a refresh of its own.
+func TestRequestDuringRefreshIsNotSatisfiedByIt(t *testing.T) {
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		env := fleettest.New(t, fleettest.Options{Latency: 500 * time.Millisecond, BatchSize: batch})
+		ids := env.Seed("github", 1)
+		env.StartConsumer(env.Config())
+		p := env.Publisher(publisher.WithWindow(0))
+		ctx := context.Background()
+		if _, err := p.Publish(ctx, "github", ids[0]); err != nil {
+			t.Fatal(err)
+		}
+		fleettest.Eventually(t, 10*time.Second, "the first provider call in flight", func() bool {
+			return env.Fake.Stats().Calls == 1
+		})
+		if _, err := p.Publish(ctx, "github", ids[0]); err != nil {
+			t.Fatal(err)
+		}
+		env.WaitIdle(30 * time.Second)
+		if c := env.Credential(ids[0]); c.Version != 2 {
+			t.Fatalf("version %d: the request made during the first refresh was taken as satisfied by it", c.Version)
+		}
+		env.Verify()
+	})
+}
