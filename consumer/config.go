@@ -77,8 +77,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// workers is how many transactions run at once: one per message, or one per batch.
-func (c Config) workers() int { return max(1, c.Concurrency/c.BatchSize) }
+// Workers is how many transactions run at once: one per message in flight, or one per
+// batch. The database pool must exceed it.
+func (c Config) Workers() int { return max(1, c.Concurrency/c.BatchSize) }
 
 // attemptTTL bounds one message's refresh end to end: the lock wait, the provider
 // call, the write, and if that write fails, the salvage of the issued token. Once the

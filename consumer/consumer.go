@@ -69,11 +69,11 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 			return nil, fmt.Errorf("REFRESHER_SERVICES: %w", err)
 		}
 	}
-	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max <= cfg.workers() {
+	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max <= cfg.Workers() {
 		// Every transaction holds a connection idle while the provider answers, and
 		// briefly needs a second one to mark its attempt; a pool without spare
 		// connections turns concurrency into lock-holding waits.
-		return nil, fmt.Errorf("database pool of %d connections must exceed the %d transactions run at once (REFRESHER_CONCURRENCY / REFRESHER_BATCH_SIZE)", max, cfg.workers())
+		return nil, fmt.Errorf("database pool of %d connections (REFRESHER_DB_MAX_CONNS) must exceed the %d transactions run at once (REFRESHER_CONCURRENCY / REFRESHER_BATCH_SIZE)", max, cfg.Workers())
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -162,7 +162,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		close(drained)
 	}()
 
-	slots := make(chan struct{}, c.cfg.workers())
+	slots := make(chan struct{}, c.cfg.Workers())
 	for {
 		slots <- struct{}{}
 		msgs, closed := c.collect(ctx, iter)

@@ -68,6 +68,9 @@ Unless --http is empty it serves, on that address:
 			if pool == 0 {
 				pool = cfg.Concurrency + 4
 			}
+			if pool <= cfg.Workers() {
+				return config.Errorf("REFRESHER_DB_MAX_CONNS=%d: the pool must exceed the %d transactions run at once (REFRESHER_CONCURRENCY / REFRESHER_BATCH_SIZE)", pool, cfg.Workers())
+			}
 			natsURL, err := config.NATSURL()
 			if err != nil {
 				return err
