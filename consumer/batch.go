@@ -196,22 +196,12 @@ func (c *Consumer) lockBatch(ctx context.Context, tx bun.Tx, ids []int64, groups
 			}
 			continue
 		}
-		cred := &row.Credential
-		g.cred = cred
-		switch pe := c.pending(cred, &row.attemptRow); {
-		case cred.Service != g.key.Service:
-			g.set(NotFound, nil)
-		case cred.Status != model.StatusActive:
-			g.set(SkippedReauth, nil)
-		case satisfied(cred.RefreshedAt, g.lead.req.requestedAt):
-			g.set(SkippedFresh, nil)
-		case c.isStopping() && g.lead.meta.NumDelivered < uint64(c.cfg.MaxDeliver):
-			g.set(Interrupted, nil)
-		case pe != nil:
-			g.set(Retried, pe)
-		default:
-			need = append(need, g)
+		g.cred = &row.Credential
+		if o, err := c.decide(g.key, g.cred, &row.attemptRow, g.lead.req.requestedAt, g.lead.meta.NumDelivered); o != "" {
+			g.set(o, err)
+			continue
 		}
+		need = append(need, g)
 	}
 	return need, nil
 }
@@ -357,22 +347,19 @@ func (c *Consumer) afterBatch(calls []*group, txErr error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.attemptTTL())
 	defer cancel()
 	for _, g := range calls {
-		if g.err == nil && g.lead.outcome == Retried {
-			serr := c.salvage(ctx, g.key, &answer{cred: g.cred, tok: g.tok, began: g.began})
-			if serr == nil {
-				c.log.Warn("token saved by a second transaction after the batch failed", "subject", g.key.Subject(), "error", txErr)
-				for _, j := range g.jobs {
-					j.outcome, j.err = SkippedFresh, nil
-				}
-				g.lead.outcome = Refreshed
-				continue
-			}
-			c.log.Error("rotated token could not be stored", "subject", g.key.Subject(), "error", txErr, "salvage_error", serr)
+		if g.lead.outcome != Retried {
+			continue
 		}
-		if g.lead.outcome == Retried {
-			if err := clearAttempt(ctx, c.db, g.cred.ID); err != nil {
-				c.log.Warn("could not clear the attempt marker", "subject", g.key.Subject(), "error", err)
-			}
+		var a *answer
+		if g.err == nil {
+			a = &answer{cred: g.cred, tok: g.tok, began: g.began}
+		}
+		cause := txErr // nil when only this row's savepoint failed
+		if cause == nil {
+			cause = g.lead.err
+		}
+		if c.settleAttempt(ctx, g.key, g.cred.ID, a, cause) {
+			g.settleWritten(nil)
 		}
 	}
 	for _, g := range calls {

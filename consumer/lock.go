@@ -57,22 +57,15 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 		if err != nil {
 			return err
 		}
-		if cred.Status != model.StatusActive {
-			outcome = SkippedReauth
+		if o, derr := c.decide(req.key, cred, att, req.requestedAt, delivered); o != "" {
+			outcome = o
+			switch o {
+			case Interrupted:
+				return errStopping
+			case Retried:
+				return derr
+			}
 			return errRollback
-		}
-		if satisfied(cred.RefreshedAt, req.requestedAt) {
-			outcome = SkippedFresh
-			return errRollback
-		}
-		// The last delivery is worked through even during shutdown: a nak now would
-		// exhaust MaxDeliver and lose the request.
-		if c.isStopping() && delivered < uint64(c.cfg.MaxDeliver) {
-			outcome = Interrupted
-			return errStopping
-		}
-		if pe := c.pending(cred, att); pe != nil {
-			return pe
 		}
 		if err := c.markAttempt(ctx, cred); err != nil {
 			return err
@@ -107,23 +100,8 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 	case errors.Is(err, errStopping):
 		return Interrupted, nil
 	}
-	switch {
-	case answered != nil:
-		// The provider rotated the token but the write or the commit failed (a killed
-		// connection, a database restart): the new token exists only here.
-		serr := c.salvage(ctx, req.key, answered)
-		if serr == nil {
-			c.log.Warn("token saved by a second transaction after the first failed", "subject", req.key.Subject(), "error", err)
-			return Refreshed, nil
-		}
-		// Lost unless the provider has a reuse grace period. Never print the token.
-		c.log.Error("rotated token could not be stored", "subject", req.key.Subject(), "error", err, "salvage_error", serr)
-	case marked != nil:
-		// No token was issued (the provider failed, or the transaction died before it
-		// answered): the marker must not make the next delivery wait.
-		if cerr := clearAttempt(ctx, c.db, marked.ID); cerr != nil {
-			c.log.Warn("could not clear the attempt marker; the next try waits for it to expire", "subject", req.key.Subject(), "error", cerr)
-		}
+	if marked != nil && c.settleAttempt(ctx, req.key, marked.ID, answered, err) {
+		return Refreshed, nil
 	}
 	if errors.Is(err, ErrAttemptPending) {
 		return Retried, err // not a failure of this credential: another attempt is in flight
@@ -132,6 +110,49 @@ func (c *Consumer) refresh(req request, prov provider.Refresher, delivered uint6
 		c.log.Warn("could not record failure", "subject", req.key.Subject())
 	}
 	return Retried, err
+}
+
+// decide applies the checks a locked row goes through before any provider call. It
+// returns the outcome that settles the request without a call (with the error behind
+// a Retried), or "" when the provider must be called. Shared by both commit modes.
+func (c *Consumer) decide(key model.Key, cred *model.Credential, att *attemptRow, requestedAt time.Time, delivered uint64) (Outcome, error) {
+	switch pe := c.pending(cred, att); {
+	case cred.Service != key.Service:
+		return NotFound, nil
+	case cred.Status != model.StatusActive:
+		return SkippedReauth, nil
+	case satisfied(cred.RefreshedAt, requestedAt):
+		return SkippedFresh, nil
+	case c.isStopping() && delivered < uint64(c.cfg.MaxDeliver):
+		// The last delivery is worked through even during shutdown: a nak now would
+		// exhaust MaxDeliver and lose the request.
+		return Interrupted, nil
+	case pe != nil:
+		return Retried, pe
+	}
+	return "", nil
+}
+
+// settleAttempt finishes an attempt whose transaction did not commit (a killed
+// connection, a database restart, a failed write). A token the provider issued (a,
+// when set) exists only here and is saved by a second transaction; without one, the
+// marker is cleared so the next delivery need not wait for it. It reports whether a
+// token was saved.
+func (c *Consumer) settleAttempt(ctx context.Context, key model.Key, credID int64, a *answer, cause error) bool {
+	if a != nil {
+		serr := c.salvage(ctx, key, a)
+		if serr == nil {
+			c.log.Warn("token saved by a second transaction after the first failed", "subject", key.Subject(), "error", cause)
+			return true
+		}
+		// Lost unless the provider has a reuse grace period. Never print the token.
+		c.log.Error("rotated token could not be stored", "subject", key.Subject(), "error", cause, "salvage_error", serr)
+		return false
+	}
+	if err := clearAttempt(ctx, c.db, credID); err != nil {
+		c.log.Warn("could not clear the attempt marker; the next try waits for it to expire", "subject", key.Subject(), "error", err)
+	}
+	return false
 }
 
 // answer is a provider's successful reply, kept until it is committed.
