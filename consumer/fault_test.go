@@ -99,6 +99,9 @@ func TestConnectionsKilledDuringRun(t *testing.T) {
 				killed += n
 			} // else our own pool handed us a killed connection: the next tick retries
 		}
+		if killed == 0 {
+			t.Fatal("no session was killed: the test did not exercise the fault")
+		}
 		env.WaitIdle(2 * time.Minute)
 		rep := env.Verify()
 		if st := env.Fake.Stats(); st.Reuses != 0 {

@@ -40,25 +40,8 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 type proc struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
-	stderr lockedBuffer
+	stderr fleettest.SyncBuffer
 	done   chan error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func start(t *testing.T, env []string, args ...string) *proc {

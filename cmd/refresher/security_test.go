@@ -78,13 +78,13 @@ type runCancellable struct {
 	done   chan struct{}
 	code   int
 	stdout bytes.Buffer
-	stderr *syncWriter
+	stderr *fleettest.SyncBuffer
 }
 
 func startCLI(t *testing.T, args ...string) *runCancellable {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &runCancellable{cancel: cancel, done: make(chan struct{}), stderr: &syncWriter{}}
+	r := &runCancellable{cancel: cancel, done: make(chan struct{}), stderr: &fleettest.SyncBuffer{}}
 	go func() {
 		defer close(r.done)
 		r.code = run(ctx, args, &r.stdout, r.stderr)

@@ -73,7 +73,7 @@ type Env struct {
 	Fake     *fake.Provider
 	FakeURL  string
 	Services []string
-	logs     *syncBuffer
+	logs     *SyncBuffer
 	Log      *slog.Logger
 }
 
@@ -98,7 +98,7 @@ func New(t testing.TB, o Options) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	logs := &syncBuffer{}
+	logs := &SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	fp := fake.New(fake.Options{ClientID: "test-client", ClientSecret: "test-secret", Latency: o.Latency, GracePeriod: o.Grace, Logger: log})
 	fpURL, stop, err := fp.Start("127.0.0.1:0")
@@ -367,18 +367,22 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that one goroutine (a logger, a subprocess) may write
+// while the test reads it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+// String returns everything written so far.
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
