@@ -11,7 +11,7 @@ const Durable = "refresher"
 
 // Config tunes one consume process. Env names are REFRESHER_<tag>.
 type Config struct {
-	Concurrency     int             `envconfig:"REFRESHER_CONCURRENCY" default:"32" desc:"messages handled at once by one process"`
+	Concurrency     int             `envconfig:"REFRESHER_CONCURRENCY" default:"256" desc:"provider calls in flight in one process (no database connection is held during a call)"`
 	AckWait         time.Duration   `envconfig:"REFRESHER_ACK_WAIT" default:"60s" desc:"redelivery timeout of an unacknowledged message (kept alive while in progress)"`
 	MaxDeliver      int             `envconfig:"REFRESHER_MAX_DELIVER" default:"8" desc:"deliveries before a failing request is dead-lettered"`
 	Backoff         []time.Duration `envconfig:"REFRESHER_BACKOFF" default:"1s,5s,15s,30s,1m,2m,5m" desc:"NakWithDelay delay by delivery count (the last repeats)"`
@@ -20,14 +20,14 @@ type Config struct {
 	ProviderTimeout time.Duration   `envconfig:"REFRESHER_PROVIDER_TIMEOUT" default:"15s" desc:"bound on one token request; below ACK_WAIT and DRAIN_TIMEOUT"`
 	DrainTimeout    time.Duration   `envconfig:"REFRESHER_DRAIN_TIMEOUT" default:"30s" desc:"on SIGTERM, time for in-flight messages to finish"`
 	DefaultTokenTTL time.Duration   `envconfig:"REFRESHER_DEFAULT_TOKEN_TTL" default:"1h" desc:"expires_at for a token whose provider gave no expires_in"`
-	BatchSize       int             `envconfig:"REFRESHER_BATCH_SIZE" default:"1" desc:"requests per transaction; above 1, rows of a batch stay locked until its slowest provider call returns"`
+	BatchSize       int             `envconfig:"REFRESHER_BATCH_SIZE" default:"1" desc:"requests claimed and committed together; above 1, one claim and one commit transaction serve the whole batch"`
 }
 
 // DefaultConfig is what the env defaults amount to, for code that configures itself
 // without envconfig (tests, the demo, application code).
 func DefaultConfig() Config {
 	return Config{
-		Concurrency:     32,
+		Concurrency:     256,
 		AckWait:         60 * time.Second,
 		MaxDeliver:      8,
 		Backoff:         []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second, time.Minute, 2 * time.Minute, 5 * time.Minute},
@@ -48,6 +48,8 @@ func (c Config) Validate() error {
 	case c.MaxDeliver < 1:
 		return fmt.Errorf("REFRESHER_MAX_DELIVER=%d: want at least 1", c.MaxDeliver)
 	case c.MaxAckPending < c.Concurrency:
+		// Calls in flight are messages awaiting their ack: a process asking for more
+		// than the fleet's budget would never be handed them.
 		return fmt.Errorf("REFRESHER_MAX_ACK_PENDING=%d: want at least REFRESHER_CONCURRENCY (%d)", c.MaxAckPending, c.Concurrency)
 	case c.LockTimeout <= 0:
 		return fmt.Errorf("REFRESHER_LOCK_TIMEOUT=%s: must be positive", c.LockTimeout)
@@ -77,25 +79,19 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Workers is how many transactions run at once: one per message in flight, or one per
-// batch. The database pool must exceed it.
+// Workers is how many messages or batches are handled at once.
 func (c Config) Workers() int { return max(1, c.Concurrency/c.BatchSize) }
 
-// attemptTTL bounds one message's refresh end to end: the lock wait, the provider
-// call, the write, and if that write fails, the salvage of the issued token. Once the
-// provider has answered, nothing but this deadline may stop the new token from
-// reaching the database. It is also how long other consumers defer to an attempt
-// whose transaction vanished (see refresh_attempts).
-func (c Config) attemptTTL() time.Duration {
-	return c.LockTimeout + 2*c.ProviderTimeout + 5*time.Second
+// claimTTL is how long a claim keeps other attempts off a credential: the provider
+// call and room to commit its answer through a database restart. Once it has expired,
+// another attempt may take over and present the token the claim's owner may already
+// have rotated; only the provider's reuse interval then saves the credential.
+func (c Config) claimTTL() time.Duration {
+	return c.ProviderTimeout + 2*c.LockTimeout + claimMargin + 3*time.Second
 }
 
-// idleInTxTimeout lets PostgreSQL end a transaction whose process vanished mid-call,
-// releasing the row lock; it must outlast the provider call, during which the
-// connection sits idle in the transaction.
-func (c Config) idleInTxTimeout() time.Duration {
-	return c.ProviderTimeout + 15*time.Second
-}
+// statementTimeout bounds one short transaction's statements, lock waits aside.
+func (c Config) statementTimeout() time.Duration { return 10 * time.Second }
 
 // backoff is the delay before delivery n+1 after delivery n failed.
 func (c Config) backoff(delivered uint64, retryAfter time.Duration) time.Duration {

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"os"
 	"sync"
 	"time"
 
@@ -34,6 +36,7 @@ type Consumer struct {
 	observer  Observer
 	keyring   *model.Keyring // nil: tokens stored in plaintext
 	naive     bool           // test-only: the unlocked read-call-write path the lock exists to prevent
+	owner     string         // written into claims, to tell operators whose they are
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when shutdown begins: no new provider calls
@@ -69,12 +72,6 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 			return nil, fmt.Errorf("REFRESHER_SERVICES: %w", err)
 		}
 	}
-	if max := db.DB.Stats().MaxOpenConnections; max > 0 && max <= cfg.Workers() {
-		// Every transaction holds a connection idle while the provider answers, and
-		// briefly needs a second one to mark its attempt; a pool without spare
-		// connections turns concurrency into lock-holding waits.
-		return nil, fmt.Errorf("database pool of %d connections (REFRESHER_DB_MAX_CONNS) must exceed the %d transactions run at once (REFRESHER_CONCURRENCY / REFRESHER_BATCH_SIZE)", max, cfg.Workers())
-	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -90,6 +87,7 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 		now:       time.Now,
 		stopping:  make(chan struct{}),
 		ready:     make(chan struct{}),
+		owner:     ownerName(),
 	}
 	for _, o := range opts {
 		o(c)
@@ -145,7 +143,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 	}()
 	close(c.ready)
-	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "concurrency", c.cfg.Concurrency)
+	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "owner", c.owner,
+		"concurrency", c.cfg.Concurrency, "batch_size", c.cfg.BatchSize,
+		"db_max_conns", c.db.DB.Stats().MaxOpenConnections, "claim_ttl", c.cfg.claimTTL())
 
 	var wg sync.WaitGroup
 	loopDone := make(chan struct{})
@@ -257,4 +257,14 @@ func (c *Consumer) isStopping() bool {
 	default:
 		return false
 	}
+}
+
+// ownerName names this process in the claims it writes: host, pid and a random
+// suffix (two processes in two containers may share a pid).
+func ownerName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	return fmt.Sprintf("%s/%d/%04x", host, os.Getpid(), rand.IntN(1<<16))
 }

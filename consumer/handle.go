@@ -58,14 +58,16 @@ const ackConfirmTimeout = 2 * time.Second
 
 // job is one message on its way through the consumer.
 type job struct {
-	msg     jetstream.Msg
-	meta    *jetstream.MsgMetadata
-	req     request
-	prov    provider.Refresher
-	start   time.Time
-	log     *slog.Logger
-	outcome Outcome
-	err     error
+	msg  jetstream.Msg
+	meta *jetstream.MsgMetadata
+	// delivered is the message's delivery count (1 for RefreshNow).
+	delivered uint64
+	req       request
+	prov      provider.Refresher
+	start     time.Time
+	log       *slog.Logger
+	outcome   Outcome
+	err       error
 }
 
 // handle takes one message to exactly one of ack, nak with delay, or terminate.
@@ -75,7 +77,7 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		return
 	}
 	stop := c.keepAlive(msg)
-	j.outcome, j.err = c.refresh(j.req, j.prov, j.meta.NumDelivered)
+	c.refreshGroup(newGroup(j))
 	stop()
 	c.settle(j)
 }
@@ -92,7 +94,7 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 		c.log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
 		return nil, false
 	}
-	j.meta = meta
+	j.meta, j.delivered = meta, meta.NumDelivered
 	j.log = c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
 	header, hasHeader := "", false
 	if vals := msg.Headers().Values(model.HeaderRequestedAt); len(vals) > 0 {
@@ -133,10 +135,6 @@ func (c *Consumer) settle(j *job) {
 			break
 		}
 		delay := c.cfg.backoff(j.meta.NumDelivered, provider.RetryAfter(j.err))
-		var pe *pendingError
-		if errors.As(j.err, &pe) {
-			delay = pe.wait
-		}
 		_ = j.msg.NakWithDelay(delay)
 		j.err = fmt.Errorf("%w (retry in %s)", j.err, delay)
 	}

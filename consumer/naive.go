@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"time"
 
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
@@ -13,7 +12,9 @@ import (
 // refreshNaive is the read, call, write-back cycle of the periodic job this project
 // replaces, kept only so the lost-update test can show that it loses updates (and so
 // that the test is known to be able to fail). Nothing outside tests can select it.
-func (c *Consumer) refreshNaive(ctx context.Context, req request, prov provider.Refresher) (Outcome, error) {
+func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.claimTTL())
+	defer cancel()
 	cred := new(model.Credential)
 	err := c.db.NewSelect().Model(cred).Where("id = ?", req.key.ID).Where("service = ?", req.key.Service).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -28,15 +29,19 @@ func (c *Consumer) refreshNaive(ctx context.Context, req request, prov provider.
 	if satisfied(cred.RefreshedAt, req.requestedAt) {
 		return SkippedFresh, nil
 	}
-	began := c.now().Truncate(time.Microsecond)
-	tok, err := c.callProvider(ctx, req.key.Service, prov, cred.RefreshToken)
-	if errors.Is(err, provider.ErrInvalidGrant) {
-		return ReauthRequired, markReauth(ctx, c.db, cred.ID, errOf(err))
+	g := &group{key: req.key, claim: &claim{cred: cred}, lead: &job{prov: prov}}
+	c.callGroups([]*group{g})
+	if errors.Is(g.err, provider.ErrInvalidGrant) {
+		return ReauthRequired, markReauth(ctx, c.db, []int64{cred.ID}, errOf(g.err))
 	}
+	if g.err != nil {
+		return Retried, g.err
+	}
+	w, err := c.sealed(&lockedRow{Credential: *cred}, g)
 	if err != nil {
 		return Retried, err
 	}
-	if err := c.writeToken(ctx, c.db, cred, tok, began, false); err != nil {
+	if err := writeTokens(ctx, c.db, []tokenWrite{w}); err != nil {
 		return Retried, err
 	}
 	return Refreshed, nil

@@ -8,14 +8,14 @@ import (
 	"github.com/refresher/refresher/model"
 )
 
-// RefreshNow runs, without NATS, the transaction a refresh request for key made at
-// requestedAt would get from the fleet: lock, skip rule, attempt marker, provider call,
-// write, commit. Application code can use it to refresh a credential synchronously
+// RefreshNow runs, without NATS, what a refresh request for key made at requestedAt
+// would get from the fleet: claim (lock, skip rule, durable claim), provider call, and
+// commit (lock, checks, write). Application code can use it to refresh a credential synchronously
 // (say, right after a 401) under the same lock and rules as the fleet, and the
 // benchmark uses it as the baseline for the fleet's end-to-end rate.
 //
-// ctx is checked before starting; once started, the transaction runs to its own
-// deadline, because abandoning it after the provider answered would lose the token.
+// ctx is checked before starting; once started, the refresh runs to its own deadlines,
+// because abandoning it after the provider answered would lose the token.
 // A Retried outcome comes with the error that caused it.
 func (c *Consumer) RefreshNow(ctx context.Context, key model.Key, requestedAt time.Time) (Outcome, error) {
 	if err := ctx.Err(); err != nil {
@@ -25,5 +25,7 @@ func (c *Consumer) RefreshNow(ctx context.Context, key model.Key, requestedAt ti
 	if !ok {
 		return Malformed, fmt.Errorf("unknown service %q", key.Service)
 	}
-	return c.refresh(request{key: key, requestedAt: requestedAt}, prov, 1)
+	j := &job{delivered: 1, req: request{key: key, requestedAt: requestedAt}, prov: prov, start: time.Now(), log: c.log}
+	c.refreshGroup(newGroup(j))
+	return j.outcome, j.err
 }

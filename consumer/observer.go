@@ -9,10 +9,16 @@ type Observer interface {
 	MessageDone(service string, outcome Outcome, d time.Duration)
 	// ProviderCall is called after each token request.
 	ProviderCall(service string, d time.Duration, err error)
-	// LockWait is the time spent acquiring a row lock (successful or not).
+	// LockWait is the time spent acquiring row locks (successful or not).
 	LockWait(d time.Duration)
-	// Transaction is the duration of one refresh transaction, commit included.
+	// Transaction is the duration of one short transaction of the protocol (a claim or
+	// a commit), its commit included. No provider call happens inside one.
 	Transaction(d time.Duration)
+	// Discarded is called for a provider answer that was not written, with the reason
+	// (DiscardGrantReplaced, DiscardClaimLost, DiscardDeleted).
+	Discarded(service, reason string)
+	// ClaimTakenOver is called when an attempt takes over an expired claim.
+	ClaimTakenOver(service string)
 	// InFlight moves the number of messages being handled by delta.
 	InFlight(delta int)
 }
@@ -27,3 +33,5 @@ func (nopObserver) ProviderCall(string, time.Duration, error)  {}
 func (nopObserver) LockWait(time.Duration)                     {}
 func (nopObserver) Transaction(time.Duration)                  {}
 func (nopObserver) InFlight(int)                               {}
+func (nopObserver) Discarded(string, string)                   {}
+func (nopObserver) ClaimTakenOver(string)                      {}

@@ -15,6 +15,11 @@ type Stats struct {
 	Interrupted    int64
 	// ProviderCalls counts token requests made, whatever their result.
 	ProviderCalls int64
+	// Discarded counts provider answers not written: the application replaced the grant
+	// during the call, the claim was taken over, or the credential was deleted.
+	Discarded int64
+	// TakenOver counts expired claims of other attempts taken over.
+	TakenOver int64
 }
 
 // Add sums two Stats (for fleets).
@@ -30,12 +35,16 @@ func (s Stats) Add(o Stats) Stats {
 		Malformed:      s.Malformed + o.Malformed,
 		Interrupted:    s.Interrupted + o.Interrupted,
 		ProviderCalls:  s.ProviderCalls + o.ProviderCalls,
+		Discarded:      s.Discarded + o.Discarded,
+		TakenOver:      s.TakenOver + o.TakenOver,
 	}
 }
 
 type counters struct {
 	byOutcome     [9]atomic.Int64
 	providerCalls atomic.Int64
+	discarded     atomic.Int64
+	takenOver     atomic.Int64
 }
 
 var outcomeIndex = map[Outcome]int{
@@ -45,6 +54,8 @@ var outcomeIndex = map[Outcome]int{
 
 func (c *counters) add(o Outcome) { c.byOutcome[outcomeIndex[o]].Add(1) }
 func (c *counters) providerCall() { c.providerCalls.Add(1) }
+func (c *counters) discard()      { c.discarded.Add(1) }
+func (c *counters) takeover()     { c.takenOver.Add(1) }
 
 // Stats returns a snapshot of the counters.
 func (c *Consumer) Stats() Stats {
@@ -60,5 +71,7 @@ func (c *Consumer) Stats() Stats {
 		Malformed:      n(Malformed),
 		Interrupted:    n(Interrupted),
 		ProviderCalls:  c.stats.providerCalls.Load(),
+		Discarded:      c.stats.discarded.Load(),
+		TakenOver:      c.stats.takenOver.Load(),
 	}
 }

@@ -36,6 +36,13 @@ type Credential struct {
 	LastError    *string    `bun:"last_error"`
 	CreatedAt    time.Time  `bun:"created_at,notnull,default:current_timestamp"`
 	UpdatedAt    time.Time  `bun:"updated_at,notnull,default:current_timestamp"`
+
+	// The claim of the refresh attempt in flight, if any: written and committed before
+	// the provider call, cleared by the write of its result. Only refresher writes them.
+	ClaimID        *int64     `bun:"claim_id"`
+	ClaimOwner     *string    `bun:"claim_owner"`
+	ClaimStartedAt *time.Time `bun:"claim_started_at"`
+	ClaimExpiresAt *time.Time `bun:"claim_expires_at"`
 }
 
 // LogValue keeps tokens out of logs whenever a credential is logged whole.

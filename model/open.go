@@ -29,7 +29,9 @@ func Open(ctx context.Context, url string, maxConns int) (*bun.DB, error) {
 		sqldb.SetMaxOpenConns(maxConns)
 		sqldb.SetMaxIdleConns(maxConns)
 	}
-	sqldb.SetConnMaxIdleTime(5 * time.Minute)
+	// A burst's connections go back to the server within seconds: an application sharing
+	// the database must not be locked out by connections refresher merely keeps.
+	sqldb.SetConnMaxIdleTime(5 * time.Second)
 	db := bun.NewDB(sqldb, pgdialect.New())
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -28,9 +28,12 @@ func consumeCmd(e *env) *cobra.Command {
 		Short: "Run one consumer of the fleet until SIGTERM, then drain and exit 0",
 		Long: `Run one consumer of the fleet. Every consume process binds to the same durable
 consumer "refresher" on stream REFRESH, so JetStream spreads messages across the fleet.
-Each message is one PostgreSQL transaction: lock the row, skip if already refreshed
-after the request, call the provider with the current refresh token, write the token
-columns, commit, then acknowledge.
+Each message is claim, call, commit: a short transaction locks the row, skips it if
+it was refreshed after the request, and commits a claim; the provider is called with
+no connection or lock held; a second short transaction checks the claim and the token
+presented, writes the token columns and commits; then the message is acknowledged.
+Database connections (REFRESHER_DB_MAX_CONNS, default 4) do not grow with provider
+calls in flight (REFRESHER_CONCURRENCY, default 256).
 
 On SIGTERM or SIGINT it stops fetching, finishes what is in flight (a provider call is
 never abandoned), returns unstarted messages to the stream, and exits 0.
@@ -65,11 +68,8 @@ Unless --http is empty it serves, on that address:
 				return err
 			}
 			pool := svc.DBMaxConns
-			if pool == 0 {
-				pool = cfg.Concurrency + 4
-			}
-			if pool <= cfg.Workers() {
-				return config.Errorf("REFRESHER_DB_MAX_CONNS=%d: the pool must exceed the %d transactions run at once (REFRESHER_CONCURRENCY / REFRESHER_BATCH_SIZE)", pool, cfg.Workers())
+			if pool < 1 || pool > 1000 {
+				return config.Errorf("REFRESHER_DB_MAX_CONNS=%d: want 1 to 1000 (provider calls hold no connection: a handful is enough)", pool)
 			}
 			natsURL, err := config.NATSURL()
 			if err != nil {
@@ -117,6 +117,7 @@ Unless --http is empty it serves, on that address:
 			}
 			m := metrics.New(names...)
 			m.WatchNATS(nc)
+			m.WatchDB(db.DB)
 			c, err := consumer.New(db, nc, providers, cfg,
 				consumer.WithLogger(e.log), consumer.WithStreamConfig(streams), consumer.WithObserver(m),
 				consumer.WithKeyring(keyring))
@@ -139,7 +140,7 @@ Unless --http is empty it serves, on that address:
 			return runErr
 		},
 	}
-	cmd.Flags().IntVar(&concurrency, "concurrency", 32, "messages in flight in this process (env REFRESHER_CONCURRENCY)")
+	cmd.Flags().IntVar(&concurrency, "concurrency", consumer.DefaultConfig().Concurrency, "provider calls in flight in this process (env REFRESHER_CONCURRENCY)")
 	cmd.Flags().StringVar(&httpAddr, "http", config.DefaultHTTPAddr,
 		`host:port for /metrics, /healthz and /readyz; "" disables (env REFRESHER_HTTP_ADDR)`)
 	return cmd

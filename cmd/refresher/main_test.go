@@ -80,7 +80,7 @@ func TestBadConfiguration(t *testing.T) {
 		{"bad concurrency flag", []string{"consume", "--concurrency", "0"}, nil, nil, "REFRESHER_CONCURRENCY=0"},
 		{"bad encryption keys", []string{"seed", "--service", "github", "--count", "1"}, map[string]string{"REFRESHER_ENCRYPTION_KEYS": "k1:short"}, nil, `bad REFRESHER_ENCRYPTION_KEYS: key "k1"`},
 		{"rekey without keys", []string{"rekey"}, nil, []string{"REFRESHER_ENCRYPTION_KEYS"}, "REFRESHER_ENCRYPTION_KEYS is not set"},
-		{"pool too small", []string{"consume"}, map[string]string{"REFRESHER_DB_MAX_CONNS": "8"}, nil, "REFRESHER_DB_MAX_CONNS=8: the pool must exceed the 8 transactions"},
+		{"pool empty", []string{"consume"}, map[string]string{"REFRESHER_DB_MAX_CONNS": "0"}, nil, "REFRESHER_DB_MAX_CONNS=0: want 1 to 1000"},
 		{"seed bad count", []string{"seed", "--service", "github", "--count", "0"}, nil, nil, "--count 0"},
 		{"unknown command", []string{"refresh-all"}, nil, nil, "unknown command"},
 	}

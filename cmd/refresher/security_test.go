@@ -343,7 +343,6 @@ var (
 		"GRANT CONNECT ON DATABASE {db} TO {role}",
 		"GRANT USAGE ON SCHEMA public TO {role}",
 		"GRANT SELECT, UPDATE ON credentials TO {role}",
-		"GRANT SELECT, INSERT, UPDATE, DELETE ON refresh_attempts TO {role}",
 	)
 	publisherGrants = append(append([]string{}, lockDown...),
 		"GRANT CONNECT ON DATABASE {db} TO {role}",
@@ -437,9 +436,9 @@ func TestConsumerLeastPrivilege(t *testing.T) {
 		if st := env.Fake.Stats(); st.Reuses != 0 {
 			t.Errorf("provider saw %d reused refresh tokens", st.Reuses)
 		}
-		var markers int
-		if err := env.DB.QueryRowContext(ctx, "SELECT count(*) FROM refresh_attempts").Scan(&markers); err != nil || markers != 0 {
-			t.Errorf("%d refresh_attempts markers left (%v), want none", markers, err)
+		var claims int
+		if err := env.DB.QueryRowContext(ctx, "SELECT count(*) FROM credentials WHERE claim_id IS NOT NULL").Scan(&claims); err != nil || claims != 0 {
+			t.Errorf("%d claims left (%v), want none", claims, err)
 		}
 
 		assertDenied(t, db, role.name,
@@ -447,7 +446,7 @@ func TestConsumerLeastPrivilege(t *testing.T) {
 			"INSERT INTO credentials (id, account_id, service, access_token, refresh_token, expires_at) VALUES (999999999, 1, 'github', 'a', 'r', now())",
 			"SELECT nextval('credentials_id_seq')",
 			fmt.Sprintf("DELETE FROM credentials WHERE id = %d", ids[0]),
-			"TRUNCATE refresh_attempts",
+			"TRUNCATE credentials",
 			"CREATE TABLE stolen (token text)",
 			"SELECT count(*) FROM bun_migrations",
 			"ALTER TABLE credentials ADD COLUMN x int",

@@ -62,6 +62,8 @@ func (*tally) ProviderCall(string, time.Duration, error) {}
 func (*tally) LockWait(time.Duration)                    {}
 func (*tally) Transaction(time.Duration)                 {}
 func (*tally) InFlight(int)                              {}
+func (*tally) Discarded(string, string)                  {}
+func (*tally) ClaimTakenOver(string)                     {}
 
 // mean is the mean handling time of messages with outcome o.
 func (t *tally) mean(o consumer.Outcome) time.Duration {

@@ -41,7 +41,7 @@ type Logging struct {
 // Services lists the services whose tokens are refreshed.
 type Services struct {
 	Names      []string `envconfig:"REFRESHER_SERVICES" desc:"comma-separated service names; each needs REFRESHER_<SERVICE>_* below"`
-	DBMaxConns int      `envconfig:"REFRESHER_DB_MAX_CONNS" default:"0" desc:"database pool size; 0 means REFRESHER_CONCURRENCY + 4"`
+	DBMaxConns int      `envconfig:"REFRESHER_DB_MAX_CONNS" default:"4" desc:"database connections one consume process may hold; provider calls hold none, so a handful serves hundreds of calls in flight (idle ones close within seconds)"`
 }
 
 // Service is one service's token endpoint, read from REFRESHER_<SERVICE>_*.

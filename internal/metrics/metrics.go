@@ -19,12 +19,21 @@
 //	    messages being handled now.
 //	refresher_nats_reconnects_total                             counter
 //	    reconnections of the watched NATS connections.
+//	refresher_answers_discarded_total{service,reason}            counter
+//	    provider answers not written: grant_replaced (the application stored a
+//	    new grant during the call), claim_lost (the claim expired and another
+//	    attempt took it), deleted (the credential was deleted during the call).
+//	refresher_claims_taken_over_total{service}                   counter
+//	    expired claims of other attempts taken over.
+//	go_sql_*{db_name="refresher"}                                gauges, counters
+//	    the database pool (WatchDB): open, in use, idle, max, waits.
 //
 // plus the standard go_* and process_* collectors. No label ever holds a token, an id
 // or anything else taken from a message beyond a configured service name.
 package metrics
 
 import (
+	"database/sql"
 	"errors"
 	"sync"
 	"time"
@@ -65,6 +74,8 @@ type Metrics struct {
 	lockWait   prometheus.Histogram
 	tx         prometheus.Histogram
 	inFlight   prometheus.Gauge
+	discarded  *prometheus.CounterVec
+	takenOver  *prometheus.CounterVec
 	services   map[string]bool
 	mu         sync.Mutex
 	natsConns  []*nats.Conn
@@ -95,20 +106,28 @@ func New(services ...string) *Metrics {
 		}),
 		tx: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "refresher_transaction_duration_seconds",
-			Help:    "One refresh transaction, provider call and commit included.",
+			Help:    "One short transaction of a refresh (a claim or a commit), its commit included; no provider call happens inside one.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 30},
 		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "refresher_messages_in_flight",
 			Help: "Messages being handled by this process now.",
 		}),
+		discarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refresher_answers_discarded_total",
+			Help: "Provider answers not written, by service and reason (grant_replaced, claim_lost, deleted).",
+		}, []string{"service", "reason"}),
+		takenOver: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refresher_claims_taken_over_total",
+			Help: "Expired claims of other attempts taken over, by service.",
+		}, []string{"service"}),
 		services: map[string]bool{},
 	}
 	m.reconnects = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "refresher_nats_reconnects_total",
 		Help: "Reconnections of this process's NATS connections to a server.",
 	}, m.natsReconnects)
-	m.reg.MustRegister(m.messages, m.provider, m.lockWait, m.tx, m.inFlight, m.reconnects,
+	m.reg.MustRegister(m.messages, m.provider, m.lockWait, m.tx, m.inFlight, m.reconnects, m.discarded, m.takenOver,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, s := range services {
@@ -118,7 +137,20 @@ func New(services ...string) *Metrics {
 		}
 	}
 	m.messages.WithLabelValues(UnknownService, string(consumer.Malformed))
+	for _, s := range services {
+		for _, r := range []string{consumer.DiscardGrantReplaced, consumer.DiscardClaimLost, consumer.DiscardDeleted} {
+			m.discarded.WithLabelValues(s, r)
+		}
+		m.takenOver.WithLabelValues(s)
+	}
 	return m
+}
+
+// WatchDB exposes db's connection pool as the standard go_sql_* metrics, labelled
+// db_name="refresher": how many connections this process holds, and how often it
+// waited for one.
+func (m *Metrics) WatchDB(db *sql.DB) {
+	m.reg.MustRegister(collectors.NewDBStatsCollector(db, "refresher"))
 }
 
 // Registry is where the metrics live, for serving or for gathering in tests.
@@ -165,6 +197,16 @@ func (m *Metrics) LockWait(d time.Duration) { m.lockWait.Observe(d.Seconds()) }
 
 // Transaction implements consumer.Observer.
 func (m *Metrics) Transaction(d time.Duration) { m.tx.Observe(d.Seconds()) }
+
+// Discarded implements consumer.Observer.
+func (m *Metrics) Discarded(service, reason string) {
+	m.discarded.WithLabelValues(m.service(service), reason).Inc()
+}
+
+// ClaimTakenOver implements consumer.Observer.
+func (m *Metrics) ClaimTakenOver(service string) {
+	m.takenOver.WithLabelValues(m.service(service)).Inc()
+}
 
 // InFlight implements consumer.Observer.
 func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }

@@ -104,6 +104,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	// Latency keeps messages in flight long enough to be seen by a scrape.
 	env := fleettest.New(t, fleettest.Options{Latency: 200 * time.Millisecond})
 	m := metrics.New(env.Services...)
+	m.WatchDB(env.DB.DB)
 	srv := httptest.NewServer(metrics.Handler(m))
 	t.Cleanup(srv.Close)
 
@@ -175,12 +176,18 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	if ok := value(t, fams, "refresher_provider_request_duration_seconds", map[string]string{"service": "github", "result": metrics.ResultOK}); ok != 5 {
 		t.Errorf("github provider requests with result ok = %v, want 5", ok)
 	}
-	// Every message that reached the database took the lock in one transaction: the
-	// refreshes, the missing row and the stale duplicate, not the malformed ones.
+	// Every refresh took the lock in two short transactions (claim, commit); the missing
+	// row and the stale duplicate in one (claim, rolled back); malformed ones in none.
 	for _, name := range []string{"refresher_lock_wait_seconds", "refresher_transaction_duration_seconds"} {
-		if got := value(t, fams, name, nil); got != 10 {
-			t.Errorf("%s count = %v, want 10", name, got)
+		if got := value(t, fams, name, nil); got != 2*8+2 {
+			t.Errorf("%s count = %v, want %d", name, got, 2*8+2)
 		}
+	}
+	if got := value(t, fams, "refresher_answers_discarded_total", nil); got != 0 {
+		t.Errorf("refresher_answers_discarded_total = %v, want 0", got)
+	}
+	if got := value(t, fams, "go_sql_max_open_connections", map[string]string{"db_name": "refresher"}); got != float64(env.DB.DB.Stats().MaxOpenConnections) {
+		t.Errorf("go_sql_max_open_connections = %v, want the pool's %d", got, env.DB.DB.Stats().MaxOpenConnections)
 	}
 	if got := value(t, fams, "refresher_messages_in_flight", nil); got != 0 {
 		t.Errorf("refresher_messages_in_flight = %v after the fleet went idle", got)

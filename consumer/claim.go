@@ -1,0 +1,237 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/refresher/refresher/model"
+)
+
+// errStopping aborts a message whose provider call has not begun when shutdown starts.
+var errStopping = errors.New("shutting down")
+
+// ErrClaimHeld means another attempt's claim on the credential outlived the wait for
+// it (its owner is slow to commit, or the database could not be read meanwhile).
+var ErrClaimHeld = errors.New("another attempt still holds the credential's claim")
+
+// state is where a group stands in claim, call, commit.
+type state int
+
+const (
+	// undecided: not claimed yet, or to be decided again from the row as it now is.
+	undecided state = iota
+	// settled: every job of the group has its outcome.
+	settled
+	// waiting: another attempt's live claim holds the row (group.heldBy).
+	waiting
+	// lockedElsewhere: a batch's SKIP LOCKED passed the row over; it goes the per-row way.
+	lockedElsewhere
+	// claimed: this attempt's claim is committed; the provider may be called.
+	claimed
+)
+
+// claim is this attempt's durable hold on a credential.
+type claim struct {
+	id   int64
+	cred *model.Credential // the row as locked when the claim was taken
+	// deadline is when, by the local clock, to stop trying to commit: earlier than the
+	// claim's expiry by the database's clock, since it counts from before the claim.
+	deadline time.Time
+}
+
+// claimGroups runs the claim step for groups in one short transaction: it locks their
+// rows (in id order; with skipLocked, rows held elsewhere are passed over), decides
+// each group that needs no provider call, and commits a claim, durably, for each one
+// that does. The connection goes back to the pool before any call is made.
+func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+	defer cancel()
+	var ids []int64
+	for _, g := range groups {
+		if !slices.Contains(ids, g.key.ID) {
+			ids = append(ids, g.key.ID)
+		}
+	}
+	slices.Sort(ids)
+	start := time.Now()
+	deadline := start.Add(c.cfg.claimTTL() - claimMargin)
+
+	tx, err := c.beginTx(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Rolled back when it wrote nothing (a skip): no commit to flush.
+		_ = tx.Rollback()
+		c.observer.Transaction(time.Since(start))
+	}()
+	rows, err := lockRows(ctx, tx, ids, skipLocked)
+	c.observer.LockWait(time.Since(start))
+	if err != nil {
+		return err
+	}
+	locked := make(map[int64]*lockedRow, len(rows))
+	for _, r := range rows {
+		locked[r.ID] = r
+	}
+	var exist []int64
+	if skipLocked && len(rows) < len(ids) {
+		var absent []int64
+		for _, id := range ids {
+			if locked[id] == nil {
+				absent = append(absent, id)
+			}
+		}
+		if exist, err = existing(ctx, tx, absent); err != nil {
+			return err
+		}
+	}
+
+	claims := map[int64]int64{} // credential id to claim id
+	var claiming []*group
+	for _, g := range groups {
+		row := locked[g.key.ID]
+		if row == nil {
+			if slices.Contains(exist, g.key.ID) {
+				g.state = lockedElsewhere
+			} else {
+				g.settle(NotFound, nil)
+			}
+			continue
+		}
+		switch o, err := c.decide(g.key, row, g.lead.req.requestedAt, g.lead.delivered); {
+		case o != undecidedOutcome:
+			g.settle(o, err)
+			continue
+		case row.liveClaim():
+			g.state, g.heldBy = waiting, *row.ClaimID
+			continue
+		case claims[row.ID] != 0:
+			// Another group of this batch claimed the row already (same id, other
+			// service: decide sends the wrong one to NotFound before this).
+			g.state, g.heldBy = waiting, claims[row.ID]
+			continue
+		case row.ClaimID != nil:
+			// Expired: its owner is gone. Whatever it may have rotated is past saving; the
+			// provider's reuse interval is what still accepts the token presented now.
+			age := time.Duration(*row.ClaimAge * float64(time.Second))
+			g.log().Warn("taking over an expired claim", "owner", deref(row.ClaimOwner), "claim_age", age.Round(time.Millisecond))
+			c.stats.takeover()
+			c.observer.ClaimTakenOver(g.key.Service)
+		}
+		cred := row.Credential
+		g.claim = &claim{id: rand.Int64N(1<<62) + 1, cred: &cred, deadline: deadline}
+		g.state = claimed
+		claims[cred.ID] = g.claim.id
+		claiming = append(claiming, g)
+	}
+	if len(claims) == 0 {
+		return nil
+	}
+	err = inSavepoints(ctx, tx, claiming,
+		func(gs []*group) error {
+			some := make(map[int64]int64, len(gs))
+			for _, g := range gs {
+				some[g.key.ID] = g.claim.id
+			}
+			return c.claimRows(ctx, tx, some)
+		},
+		func(g *group, err error) error {
+			g.settle(Retried, fmt.Errorf("claim credential %d: %w", g.key.ID, err))
+			g.claim = nil
+			return nil
+		})
+	if err != nil {
+		return c.unclaim(groups, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return c.unclaim(groups, fmt.Errorf("commit claims: %w", err))
+	}
+	return nil
+}
+
+// unclaim undoes the claimed state of groups whose claim did not commit.
+func (c *Consumer) unclaim(groups []*group, err error) error {
+	for _, g := range groups {
+		if g.state == claimed {
+			g.state, g.claim = undecided, nil
+		}
+	}
+	return err
+}
+
+// undecidedOutcome is decide's answer when the row needs a provider call or waits.
+const undecidedOutcome Outcome = ""
+
+// decide applies the checks a locked row goes through before any provider call. It
+// returns the outcome that settles the request without a call (with the error behind
+// a Retried), or undecidedOutcome. A live claim is the caller's to handle.
+func (c *Consumer) decide(key model.Key, row *lockedRow, requestedAt time.Time, delivered uint64) (Outcome, error) {
+	switch {
+	case row.Service != key.Service:
+		return NotFound, nil
+	case row.Status != model.StatusActive:
+		return SkippedReauth, nil
+	case satisfied(row.RefreshedAt, requestedAt):
+		return SkippedFresh, nil
+	case c.isStopping() && delivered < uint64(c.cfg.MaxDeliver):
+		// The last delivery is worked through even during shutdown: a nak now would
+		// exhaust MaxDeliver and lose the request.
+		return Interrupted, nil
+	}
+	return undecidedOutcome, nil
+}
+
+// awaitClaim waits, holding no connection between looks, until the claim heldBy no
+// longer holds credential id: committed, dropped, or expired. Waiting spends no
+// delivery: the message is kept alive by its heartbeats meanwhile. It gives up with
+// errStopping when shutdown begins (unless this is the last delivery), and with
+// ErrClaimHeld once the claim should long have expired.
+func (c *Consumer) awaitClaim(id, heldBy int64, delivered uint64) error {
+	giveUp := time.Now().Add(c.cfg.claimTTL() + c.cfg.LockTimeout)
+	delay := 10 * time.Millisecond
+	var lastErr error
+	stopping := c.stopping
+	if delivered >= uint64(c.cfg.MaxDeliver) {
+		stopping = nil // the last delivery waits on through shutdown
+	}
+	for {
+		if c.isStopping() && delivered < uint64(c.cfg.MaxDeliver) {
+			return errStopping
+		}
+		if time.Now().After(giveUp) {
+			if lastErr != nil {
+				return fmt.Errorf("credential %d: %w (last error: %w)", id, ErrClaimHeld, lastErr)
+			}
+			return fmt.Errorf("credential %d: %w", id, ErrClaimHeld)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-stopping:
+			t.Stop()
+		}
+		delay = min(2*delay, 250*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.statementTimeout())
+		holder, expired, err := claimHolder(ctx, c.db, id)
+		cancel()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if holder != heldBy || expired {
+			return nil
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

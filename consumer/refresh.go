@@ -1,0 +1,459 @@
+package consumer
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/provider"
+)
+
+// maxRounds bounds how often one request goes back to the claim step (a claim it
+// waited for settled without satisfying it, an application replaced the grant during
+// the call) before it is sent back to the stream with a delay.
+const maxRounds = 8
+
+// claimMargin is how long before its claim expires an attempt stops trying to commit.
+const claimMargin = 2 * time.Second
+
+// ErrTooManyRounds means a request went back to the claim step maxRounds times.
+var ErrTooManyRounds = errors.New("credential changed under every attempt")
+
+// group is the requests of one message or batch that ask for the same credential: one
+// claim, at most one provider call, for all of them.
+type group struct {
+	key  model.Key
+	jobs []*job
+	// lead is the latest request: a refresh it needs satisfies the others too, and if
+	// it is satisfied they all are.
+	lead  *job
+	state state
+	// heldBy is the claim another attempt holds, when waiting.
+	heldBy int64
+	claim  *claim
+	// began is when the provider call began (what refreshed_at records).
+	began time.Time
+	tok   provider.Token
+	err   error // the provider's answer, when it was an error
+	// presented is the refresh token sent to the provider, in plaintext.
+	presented string
+}
+
+// newGroup returns a group of one job.
+func newGroup(j *job) *group { return &group{key: j.req.key, jobs: []*job{j}, lead: j} }
+
+// groupJobs groups jobs by credential (service and id), in id order.
+func groupJobs(jobs []*job) []*group {
+	var groups []*group
+	byKey := map[model.Key]*group{}
+	for _, j := range jobs {
+		g, ok := byKey[j.req.key]
+		if !ok {
+			g = &group{key: j.req.key}
+			byKey[j.req.key] = g
+			groups = append(groups, g)
+		}
+		g.jobs = append(g.jobs, j)
+		if g.lead == nil || j.req.requestedAt.After(g.lead.req.requestedAt) {
+			g.lead = j
+		}
+	}
+	slices.SortFunc(groups, func(a, b *group) int { return cmp.Compare(a.key.ID, b.key.ID) })
+	return groups
+}
+
+// settle gives every job of the group the same outcome.
+func (g *group) settle(o Outcome, err error) {
+	g.state = settled
+	for _, j := range g.jobs {
+		j.outcome, j.err = o, err
+	}
+}
+
+// settleCall sets the outcomes of a group whose call's result was committed: the lead
+// made the request the call answered; the others were satisfied by it. refused is the
+// provider's invalid_grant, if that was the answer.
+func (g *group) settleCall(refused error) {
+	g.state = settled
+	for _, j := range g.jobs {
+		switch {
+		case refused != nil && j == g.lead:
+			j.outcome, j.err = ReauthRequired, refused
+		case refused != nil:
+			j.outcome, j.err = SkippedReauth, nil
+		case j == g.lead:
+			j.outcome, j.err = Refreshed, nil
+		default:
+			j.outcome, j.err = SkippedFresh, nil
+		}
+	}
+}
+
+func (g *group) log() *slog.Logger { return g.lead.log.With("service", g.key.Service, "id", g.key.ID) }
+
+// refreshGroup takes one group through claim, call and commit, going back to the
+// claim step when a claim it waited for settles or the row changed under its call.
+func (c *Consumer) refreshGroup(g *group) {
+	if c.naive {
+		o, err := c.refreshNaive(g.lead.req, g.lead.prov)
+		g.settle(o, err)
+		return
+	}
+	for round := 0; g.state != settled; round++ {
+		if round == maxRounds {
+			g.settle(Retried, fmt.Errorf("credential %d: %w (%d rounds)", g.key.ID, ErrTooManyRounds, maxRounds))
+			return
+		}
+		switch g.state {
+		case undecided, lockedElsewhere:
+			g.state = undecided
+			if err := c.claimGroups([]*group{g}, false); err != nil {
+				g.settle(Retried, err)
+			}
+		case waiting:
+			switch err := c.awaitClaim(g.key.ID, g.heldBy, g.lead.delivered); {
+			case errors.Is(err, errStopping):
+				g.settle(Interrupted, nil)
+			case err != nil:
+				g.settle(Retried, err)
+			default:
+				g.state = undecided
+			}
+		case claimed:
+			c.callGroups([]*group{g})
+			c.commitGroups([]*group{g})
+		}
+	}
+}
+
+// callGroups calls the provider for every claimed group, concurrently, with no
+// connection or lock held.
+func (c *Consumer) callGroups(groups []*group) {
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ProviderTimeout)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer cancel()
+			g.presented, g.err = c.keyring.Open("refresh_token", g.claim.cred.RefreshToken)
+			if g.err != nil {
+				return
+			}
+			// Truncated to what timestamptz stores: rounding up could make the refresh look
+			// later than a request made just after it began.
+			g.began = c.now().Truncate(time.Microsecond)
+			start := time.Now()
+			g.tok, g.err = g.lead.prov.Refresh(ctx, g.presented)
+			c.stats.providerCall()
+			c.observer.ProviderCall(g.key.Service, time.Since(start), g.err)
+		}()
+	}
+	wg.Wait()
+}
+
+// verdict is what the commit step found for one group.
+type verdict int
+
+const (
+	writeToken    verdict = iota // claim ours, token unchanged, provider issued a token
+	writeReauth                  // ... provider refused the grant
+	writeFailure                 // ... provider failed: record it, drop the claim
+	goneRow                      // the credential was deleted during the call
+	lostClaim                    // the claim expired and another attempt took it
+	replacedGrant                // the application stored a new grant during the call
+)
+
+// Reasons a provider's answer is discarded, as counted.
+const (
+	DiscardGrantReplaced = "grant_replaced"
+	DiscardClaimLost     = "claim_lost"
+	DiscardDeleted       = "deleted"
+)
+
+// commitGroups runs the commit step for claimed groups whose provider call returned:
+// one short transaction that locks their rows again, checks each claim is still this
+// attempt's and each row still holds the token presented, writes what the calls
+// returned and drops the claims. Until the claims would expire it retries a database
+// that cannot be reached: an issued token exists only here meanwhile.
+func (c *Consumer) commitGroups(groups []*group) {
+	deadline := groups[0].claim.deadline
+	for _, g := range groups {
+		if g.claim.deadline.Before(deadline) {
+			deadline = g.claim.deadline
+		}
+	}
+	delay := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		verdicts, err := c.commitOnce(groups, deadline)
+		if err == nil {
+			c.afterCommit(groups, verdicts)
+			return
+		}
+		wait := min(delay, time.Until(deadline))
+		if !retryable(err) || wait <= 0 {
+			c.commitFailed(groups, err)
+			return
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			groups[0].log().Warn("commit failed; retrying until the claim expires", "rows", len(groups), "attempt", attempt, "error", err)
+		}
+		time.Sleep(wait)
+		delay = min(2*delay, time.Second)
+	}
+}
+
+// commitOnce is one try of the commit step's transaction.
+func (c *Consumer) commitOnce(groups []*group, deadline time.Time) (map[*group]verdict, error) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	ids := make([]int64, 0, len(groups))
+	for _, g := range groups {
+		ids = append(ids, g.key.ID)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	start := time.Now()
+	tx, err := c.beginTx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback() }()
+	rows, err := lockRows(ctx, tx, ids, false)
+	c.observer.LockWait(time.Since(start))
+	if err != nil {
+		return nil, err
+	}
+	locked := make(map[int64]*lockedRow, len(rows))
+	for _, r := range rows {
+		locked[r.ID] = r
+	}
+	verdicts := make(map[*group]verdict, len(groups))
+	for _, g := range groups {
+		verdicts[g] = c.check(g, locked[g.key.ID])
+	}
+	if err := c.write(ctx, tx, groups, locked, verdicts); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	c.observer.Transaction(time.Since(start))
+	return verdicts, nil
+}
+
+// check is the commit step's fencing: the claim must still be this attempt's and the
+// row must still hold the refresh token that was presented.
+func (c *Consumer) check(g *group, row *lockedRow) verdict {
+	switch {
+	case row == nil || row.Service != g.key.Service:
+		return goneRow
+	case row.ClaimID == nil || *row.ClaimID != g.claim.id:
+		return lostClaim
+	case !c.samePresented(row.RefreshToken, g):
+		return replacedGrant
+	case g.err == nil:
+		return writeToken
+	case errors.Is(g.err, provider.ErrInvalidGrant):
+		return writeReauth
+	}
+	return writeFailure
+}
+
+// samePresented reports whether stored holds the refresh token g presented. Stored
+// forms are compared first; a re-sealed copy of the same token (rekey) is the same.
+func (c *Consumer) samePresented(stored string, g *group) bool {
+	if stored == g.claim.cred.RefreshToken {
+		return true
+	}
+	plain, err := c.keyring.Open("refresh_token", stored)
+	return err == nil && g.presented != "" && plain == g.presented
+}
+
+// write sends the commit step's statements, a row that refuses its write (a trigger,
+// a constraint) rolled back alone: its verdict becomes writeFailure.
+func (c *Consumer) write(ctx context.Context, tx bun.Tx, groups []*group, locked map[int64]*lockedRow, verdicts map[*group]verdict) error {
+	return inSavepoints(ctx, tx, groups,
+		func(gs []*group) error { return c.writeRows(ctx, tx, gs, locked, verdicts) },
+		func(g *group, werr error) error {
+			g.err = fmt.Errorf("write credential %d: %w", g.key.ID, werr)
+			if verdicts[g] == writeToken {
+				g.log().Error("rotated token could not be stored: the row refused the write", "error", werr)
+			}
+			verdicts[g] = writeFailure
+			// The claim is dropped if the row lets us; otherwise it expires.
+			return inSavepoints(ctx, tx, []*group{g},
+				func([]*group) error { return dropClaims(ctx, tx, map[int64]int64{g.key.ID: g.claim.id}) },
+				func(*group, error) error { return nil })
+		})
+}
+
+// inSavepoints applies a statement set to every group under one savepoint. If that
+// fails for a reason other than the connection, it is rolled back and applied to each
+// group under a savepoint of its own, and refused is called for each group that fails
+// alone, so that one bad row cannot hold back the rest of a batch.
+func inSavepoints(ctx context.Context, tx bun.Tx, groups []*group, apply func([]*group) error, refused func(*group, error) error) error {
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT rows"); err != nil {
+		return err
+	}
+	err := apply(groups)
+	if err == nil {
+		_, err = tx.ExecContext(ctx, "RELEASE SAVEPOINT rows")
+		return err
+	}
+	if retryable(err) {
+		return err
+	}
+	if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT rows"); rerr != nil {
+		return rerr
+	}
+	if len(groups) > 1 {
+		groups[0].log().Warn("batch statement failed; applying it row by row", "rows", len(groups), "error", err)
+	}
+	for _, g := range groups {
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT row"); err != nil {
+			return err
+		}
+		one := err
+		if len(groups) > 1 {
+			one = apply([]*group{g})
+		}
+		if one == nil {
+			if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT row"); err != nil {
+				return err
+			}
+			continue
+		}
+		if retryable(one) {
+			return one
+		}
+		if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT row"); err != nil {
+			return err
+		}
+		if err := refused(g, one); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeRows writes every group's verdict: tokens, reauth marks, failures, dropped
+// claims.
+func (c *Consumer) writeRows(ctx context.Context, tx bun.Tx, groups []*group, locked map[int64]*lockedRow, verdicts map[*group]verdict) error {
+	var (
+		tokens []tokenWrite
+		reauth []int64
+		drop   = map[int64]int64{}
+	)
+	for _, g := range groups {
+		switch verdicts[g] {
+		case writeToken:
+			w, err := c.sealed(locked[g.key.ID], g)
+			if err != nil {
+				return err
+			}
+			tokens = append(tokens, w)
+		case writeReauth:
+			reauth = append(reauth, g.key.ID)
+			drop[g.key.ID] = g.claim.id
+		case writeFailure:
+			if err := recordFailure(ctx, tx, g.key.ID, errOf(g.err)); err != nil {
+				return err
+			}
+			drop[g.key.ID] = g.claim.id
+		case replacedGrant:
+			drop[g.key.ID] = g.claim.id
+		}
+	}
+	if len(tokens) > 0 {
+		if err := writeTokens(ctx, tx, tokens); err != nil {
+			return err
+		}
+	}
+	if len(reauth) > 0 {
+		if err := markReauth(ctx, tx, reauth, errOf(groupsErr(groups, verdicts, writeReauth))); err != nil {
+			return err
+		}
+	}
+	return dropClaims(ctx, tx, drop)
+}
+
+// groupsErr is the provider error of the first group with verdict v.
+func groupsErr(groups []*group, verdicts map[*group]verdict, v verdict) error {
+	for _, g := range groups {
+		if verdicts[g] == v {
+			return g.err
+		}
+	}
+	return nil
+}
+
+// sealed is what a refresh stores for row: the tokens in their stored form (sealed
+// when a keyring is configured; the row's refresh token when the provider did not
+// rotate) and the expiry.
+func (c *Consumer) sealed(row *lockedRow, g *group) (tokenWrite, error) {
+	w := tokenWrite{id: row.ID, refreshedAt: g.began, claimID: g.claim.id, refresh: row.RefreshToken, expires: g.tok.Expiry}
+	var err error
+	if w.access, err = c.keyring.Seal("access_token", g.tok.AccessToken); err != nil {
+		return w, err
+	}
+	if g.tok.RefreshToken != "" {
+		if w.refresh, err = c.keyring.Seal("refresh_token", g.tok.RefreshToken); err != nil {
+			return w, err
+		}
+	}
+	if w.expires.IsZero() {
+		w.expires = g.began.Add(c.cfg.DefaultTokenTTL)
+	}
+	return w, nil
+}
+
+// afterCommit sets each group's outcome from what its committed verdict was.
+func (c *Consumer) afterCommit(groups []*group, verdicts map[*group]verdict) {
+	for _, g := range groups {
+		switch v := verdicts[g]; v {
+		case writeToken:
+			g.settleCall(nil)
+		case writeReauth:
+			g.settleCall(g.err)
+		case writeFailure:
+			g.settle(Retried, g.err)
+		case goneRow:
+			c.discard(g, DiscardDeleted)
+			g.settle(NotFound, nil)
+		case lostClaim:
+			c.discard(g, DiscardClaimLost)
+			g.state, g.claim = undecided, nil
+		case replacedGrant:
+			c.discard(g, DiscardGrantReplaced)
+			g.state, g.claim = undecided, nil
+		}
+	}
+}
+
+// discard counts and logs a provider answer that is not written, without its tokens.
+func (c *Consumer) discard(g *group, reason string) {
+	c.stats.discard()
+	c.observer.Discarded(g.key.Service, reason)
+	g.log().Warn("provider answer discarded", "reason", reason, "provider_error", g.err != nil)
+}
+
+// commitFailed settles groups whose commit could not be made before their claims
+// expire. A token the provider issued is lost here unless the provider still accepts
+// the one it replaced (its reuse interval).
+func (c *Consumer) commitFailed(groups []*group, err error) {
+	for _, g := range groups {
+		if g.err == nil {
+			g.log().Error("rotated token could not be stored before the claim expired", "error", err)
+		}
+		g.settle(Retried, err)
+	}
+}

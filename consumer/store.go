@@ -1,0 +1,234 @@
+package consumer
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/uptrace/bun"
+
+	"github.com/refresher/refresher/model"
+)
+
+// This file owns every statement the consumer sends. Each takes one row or many, so
+// the per-row and batched paths share them.
+
+// ErrLockTimeout means another writer held the row past REFRESHER_LOCK_TIMEOUT.
+var ErrLockTimeout = errors.New("row lock timeout")
+
+// lockedRow is a locked credential with what the database's clock says of its claim.
+type lockedRow struct {
+	model.Credential `bun:",extend"`
+	// ClaimLive reports that the row's claim has not expired (nil: no claim).
+	ClaimLive *bool `bun:"claim_live,scanonly"`
+	// ClaimAge is how long ago the claim was taken.
+	ClaimAge *float64 `bun:"claim_age,scanonly"`
+}
+
+// liveClaim reports whether an attempt's claim holds the row.
+func (r *lockedRow) liveClaim() bool { return r.ClaimID != nil && r.ClaimLive != nil && *r.ClaimLive }
+
+// beginTx starts one short transaction of the protocol. Its commit waits for the WAL
+// flush whatever the server's or the role's default: a claim or a token that a crash
+// could take back after it was acted on is the failure this protocol exists to stop.
+func (c *Consumer) beginTx(ctx context.Context) (bun.Tx, error) {
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return tx, fmt.Errorf("begin: %w", err)
+	}
+	_, err = tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d; SET LOCAL synchronous_commit = on",
+		c.cfg.LockTimeout.Milliseconds()))
+	if err != nil {
+		_ = tx.Rollback()
+		return tx, fmt.Errorf("set transaction options: %w", err)
+	}
+	return tx, nil
+}
+
+// lockRows selects the credentials with ids FOR UPDATE, in id order (two transactions
+// locking overlapping sets cannot deadlock), with each row's claim. With skipLocked a
+// row held by another transaction is left out instead of waited for.
+func lockRows(ctx context.Context, tx bun.IDB, ids []int64, skipLocked bool) ([]*lockedRow, error) {
+	lock := "UPDATE OF c"
+	if skipLocked {
+		lock += " SKIP LOCKED"
+	}
+	var rows []*lockedRow
+	q := tx.NewSelect().Model(&rows).
+		ColumnExpr("c.*").
+		ColumnExpr("c.claim_expires_at > now() AS claim_live").
+		ColumnExpr("extract(epoch FROM now() - c.claim_started_at)::float8 AS claim_age")
+	if len(ids) == 1 {
+		q = q.Where("c.id = ?", ids[0])
+	} else {
+		q = q.Where("c.id IN (?)", bun.In(ids)).OrderExpr("c.id")
+	}
+	if err := q.For(lock).Scan(ctx); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+			return nil, fmt.Errorf("lock credentials %v: %w", ids, ErrLockTimeout)
+		}
+		return nil, fmt.Errorf("lock credentials %v: %w", ids, err)
+	}
+	return rows, nil
+}
+
+// existing returns which of ids exist, without locking them (to tell a row locked
+// elsewhere from a missing one after SKIP LOCKED).
+func existing(ctx context.Context, db bun.IDB, ids []int64) ([]int64, error) {
+	var out []int64
+	if err := db.NewSelect().Model((*model.Credential)(nil)).Column("id").
+		Where("id IN (?)", bun.In(ids)).Scan(ctx, &out); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("check %d credentials: %w", len(ids), err)
+	}
+	return out, nil
+}
+
+// claimRows records claims on locked rows (claims maps credential id to claim id),
+// replacing expired ones. The expiry is computed by the database's clock, the one
+// every later check reads.
+func (c *Consumer) claimRows(ctx context.Context, tx bun.IDB, claims map[int64]int64) error {
+	values := make([]string, 0, len(claims))
+	args := make([]any, 0, 2*len(claims)+2)
+	args = append(args, c.owner, c.cfg.claimTTL().Milliseconds())
+	for id, claim := range claims {
+		values = append(values, "(?::bigint, ?::bigint)")
+		args = append(args, id, claim)
+	}
+	query := `UPDATE credentials AS c SET claim_id = v.claim, claim_owner = ?::text, claim_started_at = now(),
+			claim_expires_at = now() + ?::bigint * interval '1 millisecond'
+		FROM (VALUES ` + strings.Join(values, ", ") + `) AS v (id, claim) WHERE c.id = v.id`
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("claim %d credentials: %w", len(claims), err)
+	}
+	if n, _ := res.RowsAffected(); n != int64(len(claims)) {
+		return fmt.Errorf("claim %d credentials: %d rows updated", len(claims), n)
+	}
+	return nil
+}
+
+// tokenWrite is one refresh result to store.
+type tokenWrite struct {
+	id                   int64
+	access, refresh      string // stored (sealed) forms
+	expires, refreshedAt time.Time
+	claimID              int64
+}
+
+// writeTokens stores refresh results: only the token columns and bookkeeping, so an
+// application's concurrent writes to other columns survive; the same statement clears
+// the claims the results settle (claim id 0: the naive control, which has none).
+func writeTokens(ctx context.Context, tx bun.IDB, ws []tokenWrite) error {
+	values := make([]string, len(ws))
+	args := make([]any, 0, 6*len(ws))
+	for i, w := range ws {
+		values[i] = "(?::bigint, ?::text, ?::text, ?::timestamptz, ?::timestamptz, ?::bigint)"
+		var claim any
+		if w.claimID != 0 {
+			claim = w.claimID
+		}
+		args = append(args, w.id, w.access, w.refresh, w.expires, w.refreshedAt, claim)
+	}
+	query := `UPDATE credentials AS c SET
+			access_token = v.access_token, refresh_token = v.refresh_token, expires_at = v.expires_at,
+			refreshed_at = v.refreshed_at, version = c.version + 1, failures = 0, last_error = NULL, updated_at = now(),
+			claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
+		FROM (VALUES ` + strings.Join(values, ", ") + `) AS v (id, access_token, refresh_token, expires_at, refreshed_at, claim_id)
+		WHERE c.id = v.id AND c.claim_id IS NOT DISTINCT FROM v.claim_id`
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("write %d credentials: %w", len(ws), err)
+	}
+	if n, _ := res.RowsAffected(); n != int64(len(ws)) {
+		return fmt.Errorf("write %d credentials: %d rows updated", len(ws), n)
+	}
+	return nil
+}
+
+// markReauth records that the provider refused the grants of ids for good.
+func markReauth(ctx context.Context, tx bun.IDB, ids []int64, reason string) error {
+	_, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+		Set("status = ?", model.StatusReauthRequired).
+		Set("failures = failures + 1").
+		Set("last_error = ?", reason).
+		Set("updated_at = now()").
+		Where("id IN (?)", bun.In(ids)).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("mark %d credentials reauth_required: %w", len(ids), err)
+	}
+	return nil
+}
+
+// recordFailure counts a failed call on a credential. It touches no token column.
+func recordFailure(ctx context.Context, tx bun.IDB, id int64, reason string) error {
+	_, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+		Set("failures = failures + 1").
+		Set("last_error = ?", reason).
+		Set("updated_at = now()").
+		Where("id = ?", id).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("record failure of credential %d: %w", id, err)
+	}
+	return nil
+}
+
+// dropClaims clears claims (credential id to claim id): a claim taken over by another
+// attempt meanwhile is not this attempt's to clear.
+func dropClaims(ctx context.Context, tx bun.IDB, claims map[int64]int64) error {
+	if len(claims) == 0 {
+		return nil
+	}
+	values := make([]string, 0, len(claims))
+	args := make([]any, 0, 2*len(claims))
+	for id, claim := range claims {
+		values = append(values, "(?::bigint, ?::bigint)")
+		args = append(args, id, claim)
+	}
+	query := `UPDATE credentials AS c SET claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
+		FROM (VALUES ` + strings.Join(values, ", ") + `) AS v (id, claim) WHERE c.id = v.id AND c.claim_id = v.claim`
+	if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+		return fmt.Errorf("drop %d claims: %w", len(claims), err)
+	}
+	return nil
+}
+
+// claimHolder reads, without locking, which claim holds a credential now and whether
+// it has expired (by the database's clock). claimID is 0 when none does.
+func claimHolder(ctx context.Context, db bun.IDB, id int64) (claimID int64, expired bool, err error) {
+	var held *int64
+	err = db.NewSelect().Model((*model.Credential)(nil)).
+		Column("claim_id").ColumnExpr("coalesce(claim_expires_at <= now(), false)").
+		Where("id = ?", id).
+		Scan(ctx, &held, &expired)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read claim of credential %d: %w", id, err)
+	}
+	if held == nil {
+		return 0, false, nil
+	}
+	return *held, expired, nil
+}
+
+// retryable tells database errors that may pass (the server restarting, a connection
+// lost, a lock held) from those the same statement will meet again.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return true // no answer from the server: connection trouble
+	}
+	switch pgErr.Code[:2] {
+	case "08", "53", "57", "58", "40": // connection, resources, operator intervention, system, rollback
+		return true
+	}
+	return pgErr.Code == "55P03" // lock_not_available
+}
