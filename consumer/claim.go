@@ -132,6 +132,11 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	if len(claims) == 0 {
 		return nil
 	}
+	if c.asyncClaims {
+		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+			return c.unclaim(groups, err)
+		}
+	}
 	err = inSavepoints(ctx, tx, claiming,
 		func(gs []*group) error {
 			some := make(map[int64]int64, len(gs))

@@ -37,6 +37,9 @@ type Consumer struct {
 	keyring   *model.Keyring // nil: tokens stored in plaintext
 	naive     bool           // test-only: the unlocked read-call-write path the lock exists to prevent
 	owner     string         // written into claims, to tell operators whose they are
+	// asyncClaims (test-only) commits claims without waiting for the WAL flush: the
+	// control that shows a database crash then loses credentials.
+	asyncClaims bool
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when shutdown begins: no new provider calls

@@ -46,6 +46,8 @@ type Options struct {
 	// OwnPostgres starts a throwaway PostgreSQL cluster for this test alone (Env.PG),
 	// so the test may stop and start it.
 	OwnPostgres bool
+	// PGSettings are extra postgresql.conf lines for the OwnPostgres cluster.
+	PGSettings []string
 }
 
 // BatchSizes are the consumer modes every invariant is tested in: one row per
@@ -89,7 +91,7 @@ func New(t testing.TB, o Options) *Env {
 	var pg *pgserver.Server
 	var url string
 	if o.OwnPostgres {
-		pg, url = ownPostgres(t)
+		pg, url = ownPostgres(t, o.PGSettings...)
 	} else {
 		_, url = pgtest.NewDB(t)
 	}
@@ -121,11 +123,11 @@ func New(t testing.TB, o Options) *Env {
 }
 
 // ownPostgres starts a throwaway cluster with a migrated database.
-func ownPostgres(t testing.TB) (*pgserver.Server, string) {
+func ownPostgres(t testing.TB, settings ...string) (*pgserver.Server, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pg, err := pgserver.StartThrowaway(ctx, nil)
+	pg, err := pgserver.StartThrowaway(ctx, nil, settings...)
 	if err != nil {
 		t.Fatalf("throwaway PostgreSQL: %v", err)
 	}

@@ -268,6 +268,16 @@ func (s *Server) Pause(ctx context.Context) error {
 	return s.c.pause(ctx)
 }
 
+// Crash stops an owned cluster's server the way `pg_ctl stop -m immediate` does:
+// what a commit had not flushed to the WAL is gone. Resume starts it again, through
+// crash recovery.
+func (s *Server) Crash(ctx context.Context) error {
+	if !s.Owned || s.c == nil {
+		return errNotOwned
+	}
+	return s.c.crash(ctx)
+}
+
 // Resume starts a paused owned cluster again on the same data and port, so URLs
 // handed out before Pause work again.
 func (s *Server) Resume(ctx context.Context) error {

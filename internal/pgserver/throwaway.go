@@ -61,6 +61,7 @@ type cluster struct {
 	postgres                        string // path of the postgres binary
 	cred                            *syscall.Credential
 	log                             *slog.Logger
+	settings                        []string // extra postgresql.conf lines
 
 	mu        sync.Mutex
 	port      int
@@ -72,7 +73,10 @@ type cluster struct {
 // StartThrowaway initialises and starts a new cluster in a temp directory on a free
 // 127.0.0.1 port with trust authentication, whatever else is running; Discover uses
 // it as its last resort. Call Stop to shut it down and delete it. log may be nil.
-func StartThrowaway(ctx context.Context, log *slog.Logger) (*Server, error) {
+//
+// settings are extra postgresql.conf lines (like "max_connections = 50"), written
+// after the defaults above so that they win.
+func StartThrowaway(ctx context.Context, log *slog.Logger, settings ...string) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -98,6 +102,7 @@ func StartThrowaway(ctx context.Context, log *slog.Logger) (*Server, error) {
 		postgres: postgres,
 		cred:     cred,
 		log:      log,
+		settings: settings,
 	}
 	fail := func(err error) (*Server, error) {
 		_ = os.RemoveAll(root)
@@ -180,6 +185,11 @@ func (c *cluster) prepare(ctx context.Context, initdb string) error {
 		return fmt.Errorf("open postgresql.conf: %w", err)
 	}
 	_, err = fmt.Fprintf(f, serverSettings, c.sockDir)
+	for _, line := range c.settings {
+		if err == nil {
+			_, err = fmt.Fprintln(f, line)
+		}
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -328,6 +338,30 @@ func (c *cluster) pause(ctx context.Context) error {
 		return errors.New("pause: server is not running")
 	}
 	c.stopLocked(ctx)
+	return nil
+}
+
+// crash stops the server as `pg_ctl stop -m immediate` does (SIGQUIT to the
+// postmaster): no checkpoint, no flush of WAL still in shared memory, crash recovery
+// on the next start.
+func (c *cluster) crash(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.destroyed || c.proc == nil {
+		return errors.New("crash: server is not running")
+	}
+	_ = c.proc.Signal(syscall.SIGQUIT)
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		_ = c.proc.Kill()
+		<-c.done
+	}
+	c.proc, c.done = nil, nil
 	return nil
 }
 
