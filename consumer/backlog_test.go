@@ -11,9 +11,11 @@ import (
 
 // TestBacklogAfterDowntime: with the consumers down, ten duplicate requests per row pile
 // up; when they come back the provider sees one call per row, not one per message.
+// With enough concurrency to hold every duplicate of a row at once, all but one wait
+// for the claim; waiting spends no delivery, so with MaxDeliver 2 none is dead-lettered.
 func TestBacklogAfterDowntime(t *testing.T) {
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
-		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
+		env := fleettest.New(t, fleettest.Options{Latency: 20 * time.Millisecond, BatchSize: batch})
 		const rows, dups = 100, 10
 		ids := env.Seed("github", rows)
 		p := env.Publisher(publisher.WithWindow(0))
@@ -22,11 +24,16 @@ func TestBacklogAfterDowntime(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		cfg := env.Config()
+		cfg.Concurrency, cfg.MaxDeliver = 128, 2
 		for range 2 {
-			env.StartConsumer(env.Config())
+			env.StartConsumer(cfg)
 		}
 		env.WaitIdle(time.Minute)
 		env.Verify()
+		if dls := env.DeadLetters(); len(dls) != 0 {
+			t.Fatalf("%d duplicates dead-lettered (first: %s): waiting for a claim spent their deliveries", len(dls), dls[0].Reason)
+		}
 		calls := env.Fake.Stats().Calls
 		if perRow := float64(calls) / rows; perRow > 1.05 {
 			t.Fatalf("%d provider calls for %d rows (%.2f per row) after a backlog of %d requests", calls, rows, perRow, rows*dups)

@@ -79,9 +79,6 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Workers is how many messages or batches are handled at once.
-func (c Config) Workers() int { return max(1, c.Concurrency/c.BatchSize) }
-
 // claimTTL is how long a claim keeps other attempts off a credential: the provider
 // call and room to commit its answer through a database restart. Once it has expired,
 // another attempt may take over and present the token the claim's owner may already

@@ -165,15 +165,22 @@ func (c *Consumer) Run(ctx context.Context) error {
 		close(drained)
 	}()
 
-	slots := make(chan struct{}, c.cfg.Workers())
+	// A slot is one message in flight (one provider call at most): batches take a slot
+	// per message, so REFRESHER_CONCURRENCY means calls in flight in both modes.
+	slots := make(chan struct{}, c.cfg.Concurrency)
+	release := func(n int) {
+		for range n {
+			<-slots
+		}
+	}
 	for {
 		slots <- struct{}{}
-		msgs, closed := c.collect(ctx, iter)
+		msgs, closed := c.collect(ctx, iter, slots)
 		switch {
 		case len(msgs) == 0:
-			<-slots
+			release(1)
 		case c.isStopping():
-			<-slots
+			release(len(msgs))
 			for _, m := range msgs {
 				_ = m.Nak()
 			}
@@ -181,7 +188,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer func() { <-slots }()
+				defer release(len(msgs))
 				if c.cfg.BatchSize > 1 {
 					c.handleBatch(msgs)
 				} else {
@@ -229,9 +236,10 @@ func connErr(nc *nats.Conn) error {
 // to take what the client has buffered, short enough not to delay a quiet stream.
 const batchLinger = 2 * time.Millisecond
 
-// collect takes the next message, and in batch mode up to BatchSize-1 more that are
-// at hand. closed reports that the iterator is done.
-func (c *Consumer) collect(ctx context.Context, iter jetstream.MessagesContext) (msgs []jetstream.Msg, closed bool) {
+// collect takes the next message (its slot is taken already), and in batch mode up to
+// BatchSize-1 more that are at hand and have a free slot. closed reports that the
+// iterator is done.
+func (c *Consumer) collect(ctx context.Context, iter jetstream.MessagesContext, slots chan struct{}) (msgs []jetstream.Msg, closed bool) {
 	msg, err := iter.Next()
 	if err != nil {
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
@@ -242,8 +250,14 @@ func (c *Consumer) collect(ctx context.Context, iter jetstream.MessagesContext) 
 	}
 	msgs = append(msgs, msg)
 	for len(msgs) < c.cfg.BatchSize {
+		select {
+		case slots <- struct{}{}:
+		default:
+			return msgs, false // every slot is in use: go with what we have
+		}
 		msg, err := iter.Next(jetstream.NextMaxWait(batchLinger))
 		if err != nil {
+			<-slots
 			return msgs, errors.Is(err, jetstream.ErrMsgIteratorClosed)
 		}
 		msgs = append(msgs, msg)

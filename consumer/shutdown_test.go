@@ -60,10 +60,9 @@ func TestGracefulShutdown(t *testing.T) {
 	})
 }
 
-// TestIdleInTransactionTimeout: the connection sits idle in its transaction during the
-// provider call, so a server-wide idle_in_transaction_session_timeout shorter than the
-// call would end the transaction and lose the rotated token. The consumer sets its own
-// for each transaction.
+// TestIdleInTransactionTimeout: no transaction is open during a provider call, so a
+// server-wide idle_in_transaction_session_timeout far shorter than the call changes
+// nothing.
 func TestIdleInTransactionTimeout(t *testing.T) {
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 600 * time.Millisecond, BatchSize: batch})
@@ -88,6 +87,36 @@ func TestIdleInTransactionTimeout(t *testing.T) {
 			t.Fatalf("stats %+v: want 3 refreshed without retries", st)
 		}
 		env.Verify()
+	})
+}
+
+// TestShutdownWithManyCallsInFlight: SIGTERM with 256 provider calls in flight on a
+// pool of four connections. Every call finishes and commits within the drain
+// timeout, and every token the provider issued is stored.
+func TestShutdownWithManyCallsInFlight(t *testing.T) {
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		const inFlight = 256
+		env := fleettest.New(t, fleettest.Options{Latency: 3 * time.Second, BatchSize: batch, PoolSize: 4})
+		ids := env.Seed("github", inFlight+44)
+		cfg := env.Config()
+		cfg.Concurrency, cfg.MaxAckPending = inFlight, 1024
+		r := env.StartConsumer(cfg)
+		if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
+			t.Fatal(err)
+		}
+		fleettest.Eventually(t, 20*time.Second, fmt.Sprintf("%d provider calls in flight", inFlight), func() bool {
+			return env.Fake.Stats().Calls-int(r.Stats().ProviderCalls) >= inFlight
+		})
+		start := time.Now()
+		if err := r.Stop(); err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+		t.Logf("drained %d calls in flight in %s with %d connections at most", inFlight, time.Since(start).Round(time.Millisecond), env.DB.DB.Stats().MaxOpenConnections)
+		env.Verify()
+		st, rotated := r.Stats(), env.Fake.Stats().Rotations
+		if rotated < inFlight || st.Refreshed != int64(rotated) {
+			t.Fatalf("refreshed %d, provider rotated %d: want every one of the %d calls in flight committed", st.Refreshed, rotated, inFlight)
+		}
 	})
 }
 
