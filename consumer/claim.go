@@ -60,16 +60,16 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	start := time.Now()
 	deadline := start.Add(c.cfg.claimTTL() - claimMargin)
 
-	tx, err := c.beginTx(ctx)
+	tx, err := c.begin(ctx, !c.asyncClaims)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		// Rolled back when it wrote nothing (a skip): no commit to flush.
-		_ = tx.Rollback()
+		tx.close()
 		c.observer.Transaction(time.Since(start))
 	}()
-	rows, err := lockRows(ctx, tx, ids, skipLocked)
+	rows, err := lockRows(ctx, tx.conn, ids, skipLocked)
 	c.observer.LockWait(time.Since(start))
 	if err != nil {
 		return err
@@ -86,7 +86,7 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 				absent = append(absent, id)
 			}
 		}
-		if exist, err = existing(ctx, tx, absent); err != nil {
+		if exist, err = existing(ctx, tx.conn, absent); err != nil {
 			return err
 		}
 	}
@@ -129,34 +129,42 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 		claims[cred.ID] = g.claim.id
 		claiming = append(claiming, g)
 	}
-	if len(claims) == 0 {
-		return nil
-	}
-	if c.asyncClaims {
-		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
-			return c.unclaim(groups, err)
-		}
-	}
-	err = inSavepoints(ctx, tx, claiming,
-		func(gs []*group) error {
+	_, err = tx.writeAndCommit(ctx, claiming,
+		func(gs []*group) (string, error) {
 			some := make(map[int64]int64, len(gs))
 			for _, g := range gs {
-				some[g.key.ID] = g.claim.id
+				if g.claim != nil {
+					some[g.key.ID] = g.claim.id
+				}
 			}
-			return c.claimRows(ctx, tx, some)
+			if len(some) == 0 {
+				return "", nil
+			}
+			return c.claimSQL(some), nil
 		},
-		func(g *group, err error) error {
+		func(g *group, err error) string {
 			g.settle(Retried, fmt.Errorf("claim credential %d: %w", g.key.ID, err))
 			g.claim = nil
-			return nil
+			return ""
 		})
 	if err != nil {
-		return c.unclaim(groups, err)
-	}
-	if err := tx.Commit(); err != nil {
 		return c.unclaim(groups, fmt.Errorf("commit claims: %w", err))
 	}
+	for _, g := range claiming {
+		if g.claim != nil {
+			c.local.Store(g.claim.id, make(chan struct{}))
+		}
+	}
 	return nil
+}
+
+// settled closes the local channels of claims that are committed, dropped or lost.
+func (c *Consumer) settled(ids []int64) {
+	for _, id := range ids {
+		if ch, ok := c.local.LoadAndDelete(id); ok {
+			close(ch.(chan struct{}))
+		}
+	}
 }
 
 // unclaim undoes the claimed state of groups whose claim did not commit.
@@ -203,6 +211,19 @@ func (c *Consumer) awaitClaim(id, heldBy int64, delivered uint64) error {
 	stopping := c.stopping
 	if delivered >= uint64(c.cfg.MaxDeliver) {
 		stopping = nil // the last delivery waits on through shutdown
+	}
+	if ch, ok := c.local.Load(heldBy); ok {
+		// This process holds the claim: wait for it to settle, without polling.
+		t := time.NewTimer(time.Until(giveUp))
+		defer t.Stop()
+		select {
+		case <-ch.(chan struct{}):
+			return nil
+		case <-stopping:
+			return errStopping
+		case <-t.C:
+			return fmt.Errorf("credential %d: %w", id, ErrClaimHeld)
+		}
 	}
 	for {
 		if c.isStopping() && delivered < uint64(c.cfg.MaxDeliver) {

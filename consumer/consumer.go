@@ -37,6 +37,9 @@ type Consumer struct {
 	keyring   *model.Keyring // nil: tokens stored in plaintext
 	naive     bool           // test-only: the unlocked read-call-write path the lock exists to prevent
 	owner     string         // written into claims, to tell operators whose they are
+	// local holds a channel per claim this process holds, closed when the claim
+	// settles: a duplicate waiting for it needs no database look.
+	local sync.Map // claim id (int64) -> chan struct{}
 	// asyncClaims (test-only) commits claims without waiting for the WAL flush: the
 	// control that shows a database crash then loses credentials.
 	asyncClaims bool

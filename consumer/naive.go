@@ -32,7 +32,8 @@ func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, 
 	g := &group{key: req.key, claim: &claim{cred: cred}, lead: &job{prov: prov}}
 	c.callGroups([]*group{g})
 	if errors.Is(g.err, provider.ErrInvalidGrant) {
-		return ReauthRequired, markReauth(ctx, c.db, []int64{cred.ID}, errOf(g.err))
+		_, err := c.db.ExecContext(ctx, c.reauthSQL([]int64{cred.ID}, errOf(g.err)))
+		return ReauthRequired, err
 	}
 	if g.err != nil {
 		return Retried, g.err
@@ -41,7 +42,7 @@ func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, 
 	if err != nil {
 		return Retried, err
 	}
-	if err := writeTokens(ctx, c.db, []tokenWrite{w}); err != nil {
+	if _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w})); err != nil {
 		return Retried, err
 	}
 	return Refreshed, nil

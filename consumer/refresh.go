@@ -7,10 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
-
-	"github.com/uptrace/bun"
 
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
@@ -170,6 +169,7 @@ const (
 	goneRow                      // the credential was deleted during the call
 	lostClaim                    // the claim expired and another attempt took it
 	replacedGrant                // the application stored a new grant during the call
+	refusedWrite                 // the row refused the write (a trigger, a constraint)
 )
 
 // Reasons a provider's answer is discarded, as counted.
@@ -186,11 +186,14 @@ const (
 // that cannot be reached: an issued token exists only here meanwhile.
 func (c *Consumer) commitGroups(groups []*group) {
 	deadline := groups[0].claim.deadline
-	for _, g := range groups {
+	ids := make([]int64, len(groups))
+	for i, g := range groups {
 		if g.claim.deadline.Before(deadline) {
 			deadline = g.claim.deadline
 		}
+		ids[i] = g.claim.id
 	}
+	defer c.settled(ids)
 	delay := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		verdicts, err := c.commitOnce(groups, deadline)
@@ -201,6 +204,12 @@ func (c *Consumer) commitGroups(groups []*group) {
 		wait := min(delay, time.Until(deadline))
 		if !retryable(err) || wait <= 0 {
 			c.commitFailed(groups, err)
+			if !retryable(err) {
+				// The database refused the commit itself (a deferred constraint): nothing
+				// was written, the claims included. Release them so the retry need not
+				// wait for them to expire.
+				c.releaseClaims(groups)
+			}
 			return
 		}
 		if attempt == 1 || attempt%10 == 0 {
@@ -222,12 +231,12 @@ func (c *Consumer) commitOnce(groups []*group, deadline time.Time) (map[*group]v
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	start := time.Now()
-	tx, err := c.beginTx(ctx)
+	tx, err := c.begin(ctx, true)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = tx.Rollback() }()
-	rows, err := lockRows(ctx, tx, ids, false)
+	defer tx.close()
+	rows, err := lockRows(ctx, tx.conn, ids, false)
 	c.observer.LockWait(time.Since(start))
 	if err != nil {
 		return nil, err
@@ -240,10 +249,19 @@ func (c *Consumer) commitOnce(groups []*group, deadline time.Time) (map[*group]v
 	for _, g := range groups {
 		verdicts[g] = c.check(g, locked[g.key.ID])
 	}
-	if err := c.write(ctx, tx, groups, locked, verdicts); err != nil {
-		return nil, err
-	}
-	if err := tx.Commit(); err != nil {
+	_, err = tx.writeAndCommit(ctx, groups,
+		func(gs []*group) (string, error) { return c.writeSQL(gs, locked, verdicts) },
+		func(g *group, werr error) string {
+			// The row refuses the write: keep the call's result out, drop the claim if the
+			// row lets us (otherwise it expires), and retry like a provider failure.
+			g.err = fmt.Errorf("write credential %d: %w", g.key.ID, werr)
+			if verdicts[g] == writeToken {
+				g.log().Error("rotated token could not be stored: the row refused the write", "error", werr)
+			}
+			verdicts[g] = refusedWrite
+			return c.dropClaimsSQL(map[int64]int64{g.key.ID: g.claim.id})
+		})
+	if err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	c.observer.Transaction(time.Since(start))
@@ -278,77 +296,11 @@ func (c *Consumer) samePresented(stored string, g *group) bool {
 	return err == nil && g.presented != "" && plain == g.presented
 }
 
-// write sends the commit step's statements, a row that refuses its write (a trigger,
-// a constraint) rolled back alone: its verdict becomes writeFailure.
-func (c *Consumer) write(ctx context.Context, tx bun.Tx, groups []*group, locked map[int64]*lockedRow, verdicts map[*group]verdict) error {
-	return inSavepoints(ctx, tx, groups,
-		func(gs []*group) error { return c.writeRows(ctx, tx, gs, locked, verdicts) },
-		func(g *group, werr error) error {
-			g.err = fmt.Errorf("write credential %d: %w", g.key.ID, werr)
-			if verdicts[g] == writeToken {
-				g.log().Error("rotated token could not be stored: the row refused the write", "error", werr)
-			}
-			verdicts[g] = writeFailure
-			// The claim is dropped if the row lets us; otherwise it expires.
-			return inSavepoints(ctx, tx, []*group{g},
-				func([]*group) error { return dropClaims(ctx, tx, map[int64]int64{g.key.ID: g.claim.id}) },
-				func(*group, error) error { return nil })
-		})
-}
-
-// inSavepoints applies a statement set to every group under one savepoint. If that
-// fails for a reason other than the connection, it is rolled back and applied to each
-// group under a savepoint of its own, and refused is called for each group that fails
-// alone, so that one bad row cannot hold back the rest of a batch.
-func inSavepoints(ctx context.Context, tx bun.Tx, groups []*group, apply func([]*group) error, refused func(*group, error) error) error {
-	if _, err := tx.ExecContext(ctx, "SAVEPOINT rows"); err != nil {
-		return err
-	}
-	err := apply(groups)
-	if err == nil {
-		_, err = tx.ExecContext(ctx, "RELEASE SAVEPOINT rows")
-		return err
-	}
-	if retryable(err) {
-		return err
-	}
-	if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT rows"); rerr != nil {
-		return rerr
-	}
-	if len(groups) > 1 {
-		groups[0].log().Warn("batch statement failed; applying it row by row", "rows", len(groups), "error", err)
-	}
-	for _, g := range groups {
-		if _, err := tx.ExecContext(ctx, "SAVEPOINT row"); err != nil {
-			return err
-		}
-		one := err
-		if len(groups) > 1 {
-			one = apply([]*group{g})
-		}
-		if one == nil {
-			if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT row"); err != nil {
-				return err
-			}
-			continue
-		}
-		if retryable(one) {
-			return one
-		}
-		if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT row"); err != nil {
-			return err
-		}
-		if err := refused(g, one); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// writeRows writes every group's verdict: tokens, reauth marks, failures, dropped
-// claims.
-func (c *Consumer) writeRows(ctx context.Context, tx bun.Tx, groups []*group, locked map[int64]*lockedRow, verdicts map[*group]verdict) error {
+// writeSQL renders every group's verdict: tokens, reauth marks, failures, dropped
+// claims ("" when nothing is to be written).
+func (c *Consumer) writeSQL(groups []*group, locked map[int64]*lockedRow, verdicts map[*group]verdict) (string, error) {
 	var (
+		stmts  []string
 		tokens []tokenWrite
 		reauth []int64
 		drop   = map[int64]int64{}
@@ -358,32 +310,29 @@ func (c *Consumer) writeRows(ctx context.Context, tx bun.Tx, groups []*group, lo
 		case writeToken:
 			w, err := c.sealed(locked[g.key.ID], g)
 			if err != nil {
-				return err
+				return "", err
 			}
 			tokens = append(tokens, w)
 		case writeReauth:
 			reauth = append(reauth, g.key.ID)
 			drop[g.key.ID] = g.claim.id
 		case writeFailure:
-			if err := recordFailure(ctx, tx, g.key.ID, errOf(g.err)); err != nil {
-				return err
-			}
+			stmts = append(stmts, c.failureSQL(g.key.ID, errOf(g.err)))
 			drop[g.key.ID] = g.claim.id
-		case replacedGrant:
+		case replacedGrant, refusedWrite:
 			drop[g.key.ID] = g.claim.id
 		}
 	}
 	if len(tokens) > 0 {
-		if err := writeTokens(ctx, tx, tokens); err != nil {
-			return err
-		}
+		stmts = append(stmts, c.tokensSQL(tokens))
 	}
 	if len(reauth) > 0 {
-		if err := markReauth(ctx, tx, reauth, errOf(groupsErr(groups, verdicts, writeReauth))); err != nil {
-			return err
-		}
+		stmts = append(stmts, c.reauthSQL(reauth, errOf(groupsErr(groups, verdicts, writeReauth))))
 	}
-	return dropClaims(ctx, tx, drop)
+	if len(drop) > 0 {
+		stmts = append(stmts, c.dropClaimsSQL(drop))
+	}
+	return strings.Join(stmts, "; "), nil
 }
 
 // groupsErr is the provider error of the first group with verdict v.
@@ -424,7 +373,7 @@ func (c *Consumer) afterCommit(groups []*group, verdicts map[*group]verdict) {
 			g.settleCall(nil)
 		case writeReauth:
 			g.settleCall(g.err)
-		case writeFailure:
+		case writeFailure, refusedWrite:
 			g.settle(Retried, g.err)
 		case goneRow:
 			c.discard(g, DiscardDeleted)
@@ -455,5 +404,23 @@ func (c *Consumer) commitFailed(groups []*group, err error) {
 			g.log().Error("rotated token could not be stored before the claim expired", "error", err)
 		}
 		g.settle(Retried, err)
+	}
+}
+
+// releaseClaims drops the groups' claims in a transaction of its own, at best.
+func (c *Consumer) releaseClaims(groups []*group) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+	defer cancel()
+	drop := make(map[int64]int64, len(groups))
+	for _, g := range groups {
+		drop[g.key.ID] = g.claim.id
+	}
+	tx, err := c.begin(ctx, true)
+	if err == nil {
+		defer tx.close()
+		err = tx.commitWith(ctx, c.dropClaimsSQL(drop))
+	}
+	if err != nil {
+		groups[0].log().Warn("could not release claims; they expire on their own", "rows", len(groups), "error", err)
 	}
 }

@@ -32,23 +32,6 @@ type lockedRow struct {
 // liveClaim reports whether an attempt's claim holds the row.
 func (r *lockedRow) liveClaim() bool { return r.ClaimID != nil && r.ClaimLive != nil && *r.ClaimLive }
 
-// beginTx starts one short transaction of the protocol. Its commit waits for the WAL
-// flush whatever the server's or the role's default: a claim or a token that a crash
-// could take back after it was acted on is the failure this protocol exists to stop.
-func (c *Consumer) beginTx(ctx context.Context) (bun.Tx, error) {
-	tx, err := c.db.BeginTx(ctx, nil)
-	if err != nil {
-		return tx, fmt.Errorf("begin: %w", err)
-	}
-	_, err = tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d; SET LOCAL synchronous_commit = on",
-		c.cfg.LockTimeout.Milliseconds()))
-	if err != nil {
-		_ = tx.Rollback()
-		return tx, fmt.Errorf("set transaction options: %w", err)
-	}
-	return tx, nil
-}
-
 // lockRows selects the credentials with ids FOR UPDATE, in id order (two transactions
 // locking overlapping sets cannot deadlock), with each row's claim. With skipLocked a
 // row held by another transaction is left out instead of waited for.
@@ -88,10 +71,14 @@ func existing(ctx context.Context, db bun.IDB, ids []int64) ([]int64, error) {
 	return out, nil
 }
 
-// claimRows records claims on locked rows (claims maps credential id to claim id),
+// The statements below are rendered to SQL text here and sent without arguments (a
+// '?' inside a rendered value is then never taken for a placeholder), so that a
+// transaction can send its writes and its COMMIT in one round trip.
+
+// claimSQL records claims on locked rows (claims maps credential id to claim id),
 // replacing expired ones. The expiry is computed by the database's clock, the one
 // every later check reads.
-func (c *Consumer) claimRows(ctx context.Context, tx bun.IDB, claims map[int64]int64) error {
+func (c *Consumer) claimSQL(claims map[int64]int64) string {
 	values := make([]string, 0, len(claims))
 	args := make([]any, 0, 2*len(claims)+2)
 	args = append(args, c.owner, c.cfg.claimTTL().Milliseconds())
@@ -99,17 +86,9 @@ func (c *Consumer) claimRows(ctx context.Context, tx bun.IDB, claims map[int64]i
 		values = append(values, "(?::bigint, ?::bigint)")
 		args = append(args, id, claim)
 	}
-	query := `UPDATE credentials AS c SET claim_id = v.claim, claim_owner = ?::text, claim_started_at = now(),
+	return c.format(`UPDATE credentials AS c SET claim_id = v.claim, claim_owner = ?::text, claim_started_at = now(),
 			claim_expires_at = now() + ?::bigint * interval '1 millisecond'
-		FROM (VALUES ` + strings.Join(values, ", ") + `) AS v (id, claim) WHERE c.id = v.id`
-	res, err := tx.ExecContext(ctx, query, args...)
-	if err != nil {
-		return fmt.Errorf("claim %d credentials: %w", len(claims), err)
-	}
-	if n, _ := res.RowsAffected(); n != int64(len(claims)) {
-		return fmt.Errorf("claim %d credentials: %d rows updated", len(claims), n)
-	}
-	return nil
+		FROM (VALUES `+strings.Join(values, ", ")+`) AS v (id, claim) WHERE c.id = v.id`, args...)
 }
 
 // tokenWrite is one refresh result to store.
@@ -120,10 +99,10 @@ type tokenWrite struct {
 	claimID              int64
 }
 
-// writeTokens stores refresh results: only the token columns and bookkeeping, so an
+// tokensSQL stores refresh results: only the token columns and bookkeeping, so an
 // application's concurrent writes to other columns survive; the same statement clears
 // the claims the results settle (claim id 0: the naive control, which has none).
-func writeTokens(ctx context.Context, tx bun.IDB, ws []tokenWrite) error {
+func (c *Consumer) tokensSQL(ws []tokenWrite) string {
 	values := make([]string, len(ws))
 	args := make([]any, 0, 6*len(ws))
 	for i, w := range ws {
@@ -134,56 +113,40 @@ func writeTokens(ctx context.Context, tx bun.IDB, ws []tokenWrite) error {
 		}
 		args = append(args, w.id, w.access, w.refresh, w.expires, w.refreshedAt, claim)
 	}
-	query := `UPDATE credentials AS c SET
+	return c.format(`UPDATE credentials AS c SET
 			access_token = v.access_token, refresh_token = v.refresh_token, expires_at = v.expires_at,
 			refreshed_at = v.refreshed_at, version = c.version + 1, failures = 0, last_error = NULL, updated_at = now(),
 			claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
-		FROM (VALUES ` + strings.Join(values, ", ") + `) AS v (id, access_token, refresh_token, expires_at, refreshed_at, claim_id)
-		WHERE c.id = v.id AND c.claim_id IS NOT DISTINCT FROM v.claim_id`
-	res, err := tx.ExecContext(ctx, query, args...)
-	if err != nil {
-		return fmt.Errorf("write %d credentials: %w", len(ws), err)
-	}
-	if n, _ := res.RowsAffected(); n != int64(len(ws)) {
-		return fmt.Errorf("write %d credentials: %d rows updated", len(ws), n)
-	}
-	return nil
+		FROM (VALUES `+strings.Join(values, ", ")+`) AS v (id, access_token, refresh_token, expires_at, refreshed_at, claim_id)
+		WHERE c.id = v.id AND c.claim_id IS NOT DISTINCT FROM v.claim_id`, args...)
 }
 
-// markReauth records that the provider refused the grants of ids for good.
-func markReauth(ctx context.Context, tx bun.IDB, ids []int64, reason string) error {
-	_, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+// reauthSQL records that the provider refused the grants of ids for good.
+func (c *Consumer) reauthSQL(ids []int64, reason string) string {
+	return c.db.NewUpdate().Model((*model.Credential)(nil)).
 		Set("status = ?", model.StatusReauthRequired).
 		Set("failures = failures + 1").
 		Set("last_error = ?", reason).
 		Set("updated_at = now()").
 		Where("id IN (?)", bun.In(ids)).
-		Exec(ctx)
-	if err != nil {
-		return fmt.Errorf("mark %d credentials reauth_required: %w", len(ids), err)
-	}
-	return nil
+		String()
 }
 
-// recordFailure counts a failed call on a credential. It touches no token column.
-func recordFailure(ctx context.Context, tx bun.IDB, id int64, reason string) error {
-	_, err := tx.NewUpdate().Model((*model.Credential)(nil)).
+// failureSQL counts a failed call on a credential. It touches no token column.
+func (c *Consumer) failureSQL(id int64, reason string) string {
+	return c.db.NewUpdate().Model((*model.Credential)(nil)).
 		Set("failures = failures + 1").
 		Set("last_error = ?", reason).
 		Set("updated_at = now()").
 		Where("id = ?", id).
-		Exec(ctx)
-	if err != nil {
-		return fmt.Errorf("record failure of credential %d: %w", id, err)
-	}
-	return nil
+		String()
 }
 
-// dropClaims clears claims (credential id to claim id): a claim taken over by another
-// attempt meanwhile is not this attempt's to clear.
-func dropClaims(ctx context.Context, tx bun.IDB, claims map[int64]int64) error {
+// dropClaimsSQL clears claims (credential id to claim id): a claim taken over by
+// another attempt meanwhile is not this attempt's to clear.
+func (c *Consumer) dropClaimsSQL(claims map[int64]int64) string {
 	if len(claims) == 0 {
-		return nil
+		return ""
 	}
 	values := make([]string, 0, len(claims))
 	args := make([]any, 0, 2*len(claims))
@@ -191,12 +154,13 @@ func dropClaims(ctx context.Context, tx bun.IDB, claims map[int64]int64) error {
 		values = append(values, "(?::bigint, ?::bigint)")
 		args = append(args, id, claim)
 	}
-	query := `UPDATE credentials AS c SET claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
-		FROM (VALUES ` + strings.Join(values, ", ") + `) AS v (id, claim) WHERE c.id = v.id AND c.claim_id = v.claim`
-	if _, err := tx.ExecContext(ctx, query, args...); err != nil {
-		return fmt.Errorf("drop %d claims: %w", len(claims), err)
-	}
-	return nil
+	return c.format(`UPDATE credentials AS c SET claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
+		FROM (VALUES `+strings.Join(values, ", ")+`) AS v (id, claim) WHERE c.id = v.id AND c.claim_id = v.claim`, args...)
+}
+
+// format renders a statement with its arguments.
+func (c *Consumer) format(query string, args ...any) string {
+	return c.db.QueryGen().FormatQuery(query, args...)
 }
 
 // claimHolder reads, without locking, which claim holds a credential now and whether

@@ -12,6 +12,11 @@ import (
 	"github.com/uptrace/bun/dialect/pgdialect"
 )
 
+// ApplicationName is the application_name of the connections Open makes, unless the
+// URL names one: `refresher status` counts the fleet's connections by it. The binary
+// sets it to "refresher-<command>".
+var ApplicationName = "refresher"
+
 // Open connects to PostgreSQL at url through pgx and returns a Bun handle whose pool
 // holds at most maxConns connections (0: database/sql's default, unlimited). It pings
 // before returning so a wrong URL fails here, not on the first message.
@@ -24,6 +29,9 @@ func Open(ctx context.Context, url string, maxConns int) (*bun.DB, error) {
 	// with new parameters: preparing each one (pgx's default) costs an extra round trip
 	// and churns its statement cache. The simple protocol sends each in one.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = ApplicationName
+	}
 	sqldb := stdlib.OpenDB(*cfg)
 	if maxConns > 0 {
 		sqldb.SetMaxOpenConns(maxConns)

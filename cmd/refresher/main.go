@@ -17,6 +17,7 @@ import (
 
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/logging"
+	"github.com/refresher/refresher/model"
 )
 
 func main() {
@@ -66,6 +67,7 @@ Configuration comes from the environment: run "refresher config" to see every va
 				return &config.Error{Err: err}
 			}
 			e.log = log
+			model.ApplicationName = "refresher-" + cmd.Name()
 			return nil
 		},
 	}

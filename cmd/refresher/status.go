@@ -182,7 +182,27 @@ func printStatus(w io.Writer, rep status.Report, window time.Duration) error {
 		row("(all)", cr.Total)
 	}
 	p("(EXPIRED, EXPIRING, NEVER REFRESHED and OLDEST REFRESHED count active rows only)\n")
+	printConnections(p, rep.Connections)
 	return errorsAndFlush(tw, rep)
+}
+
+// printConnections shows the database connections the fleet holds, by command.
+func printConnections(p func(string, ...any), c status.ConnectionReport) {
+	if !c.Visible {
+		return
+	}
+	p("\nCONNECTIONS  refresher holds %d on this database; the server has %d of max_connections %d\n", c.Refresher, c.Server, c.MaxConnections)
+	if len(c.ByApplication) == 0 {
+		return
+	}
+	p("APPLICATION\tSTATE\tCOUNT\n")
+	for _, a := range c.ByApplication {
+		state := a.State
+		if state == "" {
+			state = "(not visible to this role)"
+		}
+		p("%s\t%s\t%d\n", a.Application, state, a.Count)
+	}
 }
 
 func errorsAndFlush(tw *tabwriter.Writer, rep status.Report) error {

@@ -66,6 +66,8 @@ type Report struct {
 	DeadLetters DeadLetterReport `json:"dead_letters"`
 	// Credentials is the table by service.
 	Credentials CredentialReport `json:"credentials"`
+	// Connections is the database connections the fleet holds, as the server sees them.
+	Connections ConnectionReport `json:"connections"`
 	// Errors lists the parts that could not be gathered; the rest of the report stands.
 	Errors []string `json:"errors"`
 }
@@ -101,6 +103,9 @@ func Gather(ctx context.Context, db bun.IDB, js jetstream.JetStream, opts Option
 	}
 	if rep.Credentials, err = credentialReport(ctx, db, now, opts.Window); err != nil {
 		fail("credentials", err)
+	}
+	if rep.Connections, err = connectionReport(ctx, db); err != nil {
+		fail("connections", err)
 	}
 	return rep, errors.Join(errs...)
 }

@@ -124,6 +124,11 @@ func TestGatherAfterRun(t *testing.T) {
 	if !rep.GeneratedAt.Equal(now) {
 		t.Errorf("generated_at %s, want %s", rep.GeneratedAt, now)
 	}
+	// The test's own pool is a refresher connection ("refresher" by default), and the
+	// one that asked is in use.
+	if c := rep.Connections; !c.Visible || c.Refresher < 1 || c.Server < c.Refresher || c.MaxConnections < c.Server {
+		t.Errorf("connections: %+v", c)
+	}
 	// 17 requests from the scans and 6 garbage messages.
 	if s := rep.Stream; !s.Exists || s.Messages != 23 || s.Bytes == 0 || s.FirstTime == nil || s.LastTime == nil || s.LastTime.Before(*s.FirstTime) {
 		t.Errorf("stream: %+v", s)
