@@ -77,8 +77,12 @@ type ReplayResult struct {
 	Skipped int
 	// Republished were stored in REFRESH.
 	Republished int
-	// Failed were never acknowledged, after retries.
+	// Failed are certainly not stored: refused by the server after retries, or never
+	// sent because it stayed unreachable.
 	Failed int
+	// Unknown were sent but not confirmed when the replay ended (interrupted, or the
+	// server stopped answering): they may be stored.
+	Unknown int
 }
 
 // Validate names the first option that does not describe a window.
@@ -215,9 +219,11 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 		progress(ReplayProgress{Phase: PhaseRepublish, Done: i, Total: len(reqs)})
 		return p.replayMsg(r.key, r.at, run), true
 	})
-	// A duplicate here is a retried publish the stream had in fact stored: republished.
+	// A duplicate here is the same request from another publisher, which cannot
+	// happen with this run's ids unless someone copies them: stored either way.
 	res.Republished = pub.Published + pub.Duplicate
 	res.Failed = pub.Failed
+	res.Unknown = pub.Unknown
 	if err != nil {
 		return res, fmt.Errorf("replay: %w", err)
 	}

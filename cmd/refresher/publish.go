@@ -101,7 +101,7 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 				publisher.WithWindow(pc.Window), publisher.WithMaxInFlight(pc.MaxInFlight),
 				publisher.WithReason(reason), publisher.WithLogger(e.log),
 				publisher.WithProgress(func(r publisher.Result) {
-					line.Printf("%s: published %d, duplicate %d, failed %d", service, r.Published, r.Duplicate, r.Failed)
+					line.Printf("%s: published %d, duplicate %d, failed %d, unknown %d", service, r.Published, r.Duplicate, r.Failed, r.Unknown)
 				}))
 			if err != nil {
 				return usageError{err}
@@ -123,8 +123,13 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 				Service: service, ExpiringWithin: expiringWithin, IDs: idList,
 			})
 			line.Clear()
-			fmt.Fprintf(e.stdout, "service=%s published=%d duplicate=%d failed=%d elapsed=%s\n",
-				service, res.Published, res.Duplicate, res.Failed, time.Since(start).Round(time.Millisecond))
+			collided := ""
+			if res.Collided > 0 {
+				// Rare and worth a look: someone else published with our dedupe ids.
+				collided = fmt.Sprintf(" collided=%d", res.Collided)
+			}
+			fmt.Fprintf(e.stdout, "service=%s published=%d duplicate=%d failed=%d unknown=%d%s elapsed=%s\n",
+				service, res.Published, res.Duplicate, res.Failed, res.Unknown, collided, time.Since(start).Round(time.Millisecond))
 			return err
 		},
 	}

@@ -162,8 +162,8 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
 	if opts.DryRun {
 		dry = " (dry run: nothing published)"
 	}
-	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d elapsed=%s%s\n",
+	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d unknown=%d elapsed=%s%s\n",
 		res.Stream, opts.From.UTC().Format(time.RFC3339), until, res.Read, res.Distinct, res.Skipped,
-		res.Republished, res.Failed, time.Since(start).Round(time.Millisecond), dry)
+		res.Republished, res.Failed, res.Unknown, time.Since(start).Round(time.Millisecond), dry)
 	return err
 }

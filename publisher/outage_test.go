@@ -1,0 +1,238 @@
+package publisher_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/publisher"
+)
+
+// outage is how long the outage tests keep the server down: longer than the ack
+// timeout (5s), which is what turned the old one-by-one retries into minutes.
+const outage = 10 * time.Second
+
+// recovered is how soon after the restart a run must be done.
+const recovered = 5 * time.Second
+
+// stopFor stops env's server, keeps it down for d and restarts it; it returns when
+// the server is back.
+func stopFor(t *testing.T, env *fleettest.Env, d time.Duration) time.Time {
+	t.Helper()
+	env.NATS.Stop()
+	<-time.After(d) // the outage itself, not a wait for a condition
+	if err := env.NATS.Restart(); err != nil {
+		t.Fatalf("restart nats-server: %v", err)
+	}
+	return time.Now()
+}
+
+// TestForeignMessageTakesDedupeID is issue 9's "request nobody can cancel": a message
+// that is not the request, published first with the request's Nats-Msg-Id, must not
+// make the publisher take the request for a duplicate. It is published under an id of
+// its own and counted as a collision; a real twin is still a duplicate.
+func TestForeignMessageTakesDedupeID(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	ctx := context.Background()
+	now := time.Date(2026, 11, 26, 10, 7, 0, 0, time.UTC)
+	clock := publisher.WithClock(func() time.Time { return now })
+	p := env.Publisher(clock)
+	window := p.WindowStart(now)
+	js := env.JS()
+	// Another subject, and the right subject with a body no consumer would take.
+	for _, f := range []struct {
+		subject, body string
+		id            int64
+	}{{"refresh.bogus", "x", 3}, {"refresh.github.4", "garbage", 4}} {
+		m := nats.NewMsg(f.subject)
+		m.Data = []byte(f.body)
+		m.Header.Set(jetstream.MsgIDHeader, publisher.MsgID(model.Key{Service: "github", ID: f.id}, window))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := p.Publish(ctx, "github", 3, 4, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (publisher.Result{Published: 3, Collided: 2}); res != want {
+		t.Fatalf("result %+v, want %+v", res, want)
+	}
+	for _, id := range []int64{3, 4, 5} {
+		if n := requestsFor(t, js, model.Key{Service: "github", ID: id}); n != 1 {
+			t.Errorf("row %d: %d well-formed requests stored, want 1", id, n)
+		}
+	}
+	if !strings.Contains(env.Logs(), "dedupe id taken") {
+		t.Errorf("the collision was not logged:\n%s", env.Logs())
+	}
+	// A twin publisher of the same window: its copies are duplicates of real requests.
+	twin, err := env.Publisher(clock).Publish(ctx, "github", 3, 4, 5)
+	if err != nil || twin != (publisher.Result{Duplicate: 1, Published: 2, Collided: 2}) {
+		// 3 and 4 were republished under random ids, which the twin cannot know: it
+		// collides again (publishing them once more costs a row lock); 5 is a duplicate.
+		t.Fatalf("twin: %+v, %v", twin, err)
+	}
+}
+
+// requestsFor counts the stored messages on key's subject whose body parses.
+func requestsFor(t *testing.T, js jetstream.JetStream, key model.Key) int {
+	t.Helper()
+	ctx := context.Background()
+	s, err := js.Stream(ctx, publisher.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, berr := model.ParseBody(m.Data); m.Subject == key.Subject() && berr == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// TestPublishOutageOneShot stops the server for 10s in the middle of a one-shot publish
+// of 10,000 rows: the run waits, re-sends what was not confirmed as soon as the server
+// is back, finishes within seconds, stores each row once, and counts exactly that.
+func TestPublishOutageOneShot(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	const rows = 10_000
+	env.Seed("github", rows)
+	js := env.JS()
+	var (
+		mu   sync.Mutex
+		last publisher.Result
+	)
+	p := env.Publisher(publisher.WithProgress(func(r publisher.Result) {
+		mu.Lock()
+		last = r
+		mu.Unlock()
+	}))
+	type outcome struct {
+		res publisher.Result
+		err error
+		at  time.Time
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := p.PublishScan(context.Background(), env.DB, publisher.Scan{Service: "github"})
+		done <- outcome{res, err, time.Now()}
+	}()
+	fleettest.Eventually(t, 30*time.Second, "the publish under way", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return last.Total() >= 500
+	})
+	restarted := stopFor(t, env, outage)
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("publish not done 30s after the server came back")
+	}
+	took := o.at.Sub(restarted)
+	t.Logf("done %s after the restart: %+v", took.Round(time.Millisecond), o.res)
+	if took > recovered {
+		t.Errorf("publish done %s after the restart, want under %s", took, recovered)
+	}
+	if o.err != nil || o.res != (publisher.Result{Published: rows}) {
+		t.Fatalf("result %+v, %v; want %d published", o.res, o.err, rows)
+	}
+	if n := streamMsgs(t, js); n != rows {
+		t.Fatalf("stream holds %d messages, want %d", n, rows)
+	}
+}
+
+// TestPublishInterrupted: at cancel (SIGTERM), publishes in flight are given time to
+// be confirmed and count as published; none is called failed.
+func TestPublishInterrupted(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	const rows = 3000
+	env.Seed("github", rows)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := env.Publisher(publisher.WithWindow(0), publisher.WithProgress(func(r publisher.Result) {
+		if r.Total() == 100 {
+			cancel()
+		}
+	}))
+	res, err := p.PublishScan(ctx, env.DB, publisher.Scan{Service: "github"})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want an interruption", err)
+	}
+	if res.Failed != 0 || res.Unknown != 0 || res.Published <= 100 {
+		t.Fatalf("result %+v: want what was in flight at the cancel published, none failed or unknown", res)
+	}
+	if n := streamMsgs(t, env.JS()); n != uint64(res.Published) {
+		t.Fatalf("stream holds %d messages, the result says %d", n, res.Published)
+	}
+}
+
+// TestPublishInterruptedDuringOutage: cancelled while the server is down, the
+// publishes it never confirmed are reported unknown (they may be stored), not failed,
+// and the run returns within its drain time.
+func TestPublishInterruptedDuringOutage(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	const rows = 3000
+	env.Seed("github", rows)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopped := make(chan struct{})
+	var once sync.Once
+	p := env.Publisher(publisher.WithDrainTimeout(time.Second), publisher.WithProgress(func(r publisher.Result) {
+		if r.Total() >= 200 {
+			once.Do(func() {
+				env.NATS.Stop()
+				close(stopped)
+			})
+		}
+	}))
+	type outcome struct {
+		res publisher.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := p.PublishScan(ctx, env.DB, publisher.Scan{Service: "github"})
+		done <- outcome{res, err}
+	}()
+	<-stopped
+	cancel()
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("publish not done 10s after the cancel")
+	}
+	t.Logf("%+v", o.res)
+	if !errors.Is(o.err, context.Canceled) {
+		t.Fatalf("error %v, want an interruption", o.err)
+	}
+	if o.res.Failed != 0 || o.res.Published < 200 {
+		t.Fatalf("result %+v: want none failed", o.res)
+	}
+	if err := env.NATS.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	stored := int(streamMsgs(t, env.JS()))
+	if stored < o.res.Published || stored > o.res.Published+o.res.Unknown {
+		t.Fatalf("stream holds %d, outside published %d .. published+unknown %d", stored, o.res.Published, o.res.Published+o.res.Unknown)
+	}
+}
