@@ -236,3 +236,195 @@ func TestPublishInterruptedDuringOutage(t *testing.T) {
 		t.Fatalf("stream holds %d, outside published %d .. published+unknown %d", stored, o.res.Published, o.res.Published+o.res.Unknown)
 	}
 }
+
+// TestScheduleOutageTwoReplicas is the operator test: two replicas of a
+// schedule, the server stopped for 10s. After the restart the run in progress is done
+// within seconds; every period after the outage is published exactly once per row
+// (one replica's copy a duplicate of the other's); a period with no run of its own is
+// reported in the next run's Skipped; and every run's counts agree with the stream.
+func TestScheduleOutageTwoReplicas(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	const (
+		rows  = 300
+		every = 2 * time.Second
+	)
+	env.Seed("github", rows)
+	var mu sync.Mutex
+	runs := [2][]publisher.Run{}
+	ended := [2][]time.Time{} // when each run was reported, by the real clock
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make([]chan error, 2)
+	for i := range done {
+		p := env.Publisher()
+		done[i] = make(chan error, 1)
+		go func() {
+			done[i] <- p.Schedule(ctx, env.DB, publisher.Scan{Service: "github"}, every, func(r publisher.Run) {
+				mu.Lock()
+				defer mu.Unlock()
+				runs[i] = append(runs[i], r)
+				ended[i] = append(ended[i], time.Now())
+			})
+		}()
+	}
+	fleettest.Eventually(t, 20*time.Second, "a run by each replica", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(runs[0]) > 0 && len(runs[1]) > 0
+	})
+	restarted := stopFor(t, env, outage)
+	// Two whole periods after the restart, run by both replicas.
+	after := restarted.Truncate(every).Add(every)
+	fleettest.Eventually(t, 30*time.Second, "two periods after the outage run by both replicas", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, rs := range runs {
+			if len(rs) == 0 || rs[len(rs)-1].Window.Before(after.Add(every)) {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	for i, d := range done {
+		select {
+		case err := <-d:
+			if err != nil {
+				t.Fatalf("replica %d: %v", i, err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("replica %d did not stop", i)
+		}
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	byWindow := map[time.Time][]publisher.Run{}
+	for i, rs := range runs {
+		for j, r := range rs {
+			byWindow[r.Window] = append(byWindow[r.Window], r)
+			// Every run that ended after the restart ended within seconds of it, or of
+			// its own start.
+			if end := ended[i][j]; end.After(restarted) {
+				from := restarted
+				if r.Started.After(from) {
+					from = r.Started
+				}
+				if took := end.Sub(from); took > recovered {
+					t.Errorf("replica %d: run for %s ended %s after the restart or its start", i, r.Window.Format(time.TimeOnly), took)
+				} else if r.Started.Before(restarted) {
+					t.Logf("replica %d: the run in progress during the outage ended %s after the restart: %+v", i, took.Round(time.Millisecond), r.Result)
+				}
+			}
+			// No period is skipped without being reported.
+			if j > 0 {
+				gap := int(r.Window.Sub(rs[j-1].Window)/every) - 1
+				if gap != r.Skipped {
+					t.Errorf("replica %d: run for %s follows %s, %d periods missing, but reports %d skipped",
+						i, r.Window.Format(time.TimeOnly), rs[j-1].Window.Format(time.TimeOnly), gap, r.Skipped)
+				}
+			}
+		}
+	}
+	stored := map[time.Time]int{}
+	for id, n := range storedIDs(t, env.JS()) {
+		if n != 1 {
+			t.Errorf("%s stored %d times", id, n)
+		}
+		at, err := time.Parse(time.RFC3339, id[strings.LastIndex(id, "@")+1:])
+		if err != nil {
+			t.Fatalf("dedupe id %q: %v", id, err)
+		}
+		stored[at]++
+	}
+	for w, n := range stored {
+		if len(byWindow[w]) == 0 {
+			t.Errorf("%d messages stored for %s, which no run reported", n, w.Format(time.TimeOnly))
+		}
+	}
+	for w, rs := range byWindow {
+		var sum publisher.Result
+		for _, r := range rs {
+			sum.Published += r.Result.Published
+			sum.Duplicate += r.Result.Duplicate
+			sum.Failed += r.Result.Failed
+			sum.Unknown += r.Result.Unknown
+		}
+		// The counts agree with the stream: what was confirmed is there, and only
+		// what is unknown may be there besides.
+		t.Logf("window %s: %d runs, %+v, stored %d", w.Format(time.TimeOnly), len(rs), sum, stored[w])
+		if stored[w] < sum.Published || stored[w] > sum.Published+sum.Unknown {
+			t.Errorf("window %s: stream holds %d, runs report %+v", w.Format(time.TimeOnly), stored[w], sum)
+		}
+		if w.Before(after) || len(rs) < 2 {
+			continue
+		}
+		if sum != (publisher.Result{Published: rows, Duplicate: rows}) {
+			t.Errorf("window %s after the outage: %+v, want %d published and %d duplicates", w.Format(time.TimeOnly), sum, rows, rows)
+		}
+	}
+}
+
+// TestReplayOutage stops the server for 10s while a replay republishes: the replay
+// resumes as soon as the server is back, republishes each credential once, and says
+// so.
+func TestReplayOutage(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	const n = 3000
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = int64(i + 1)
+	}
+	from := time.Now().Add(-time.Second)
+	if _, err := env.Publisher(publisher.WithWindow(0)).Publish(context.Background(), "github", ids...); err != nil {
+		t.Fatal(err)
+	}
+	js := env.JS()
+	before := streamState(t, js, publisher.Stream).LastSeq
+	half := make(chan struct{})
+	var once sync.Once
+	p := env.Publisher()
+	type outcome struct {
+		res publisher.ReplayResult
+		err error
+		at  time.Time
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := p.Replay(context.Background(), publisher.ReplayOptions{From: from, Progress: func(pr publisher.ReplayProgress) {
+			if pr.Phase == publisher.PhaseRepublish && pr.Done >= n/4 {
+				once.Do(func() { close(half) })
+			}
+		}})
+		done <- outcome{res, err, time.Now()}
+	}()
+	<-half
+	restarted := stopFor(t, env, outage)
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("replay not done 30s after the server came back")
+	}
+	took := o.at.Sub(restarted)
+	t.Logf("replay done %s after the restart: %+v", took.Round(time.Millisecond), o.res)
+	if took > recovered {
+		t.Errorf("replay done %s after the restart, want under %s", took, recovered)
+	}
+	want := publisher.ReplayResult{Stream: publisher.Stream, Read: n, Distinct: n, Republished: n}
+	if o.err != nil || o.res != want {
+		t.Fatalf("replay %+v, %v; want %+v", o.res, o.err, want)
+	}
+	seen := map[string]int{}
+	for _, m := range msgsAfter(t, js, publisher.Stream, before) {
+		seen[m.Subject]++
+	}
+	if len(seen) != n {
+		t.Errorf("%d subjects republished, want %d", len(seen), n)
+	}
+	for s, c := range seen {
+		if c != 1 {
+			t.Errorf("%s republished %d times", s, c)
+		}
+	}
+}

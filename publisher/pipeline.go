@@ -148,7 +148,13 @@ func (p *Publisher) publishMsgs(ctx context.Context, next func() (*nats.Msg, boo
 		}
 		r.step(ctx, false)
 	}
-	r.drain(ctx)
+	// Having given up on the server, nothing in flight will be confirmed: the next
+	// period's run must not wait for it.
+	drain := r.p.drainTimeout
+	if gaveUp {
+		drain = 0
+	}
+	r.drain(ctx, drain)
 	if gaveUp && !exhausted {
 		// Never sent, so certainly not stored: failed, each counted so the summary
 		// says how much of the run is missing.
@@ -426,10 +432,10 @@ func (r *pubRun) pause(ctx context.Context) {
 	}
 }
 
-// drain gives what is in flight drainTimeout to be confirmed, then counts the rest.
-func (r *pubRun) drain(parent context.Context) {
-	if len(r.inflight) > 0 || r.checking > 0 {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), r.p.drainTimeout)
+// drain gives what is in flight up to timeout to be confirmed, then counts the rest.
+func (r *pubRun) drain(parent context.Context, timeout time.Duration) {
+	if (len(r.inflight) > 0 || r.checking > 0) && timeout > 0 {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), timeout)
 		for (len(r.inflight) > 0 || r.checking > 0) && r.step(ctx, true) {
 		}
 		cancel()
