@@ -168,7 +168,8 @@ func logRun(ctx context.Context, log *slog.Logger, run Run) {
 		return
 	}
 	if run.Overran {
-		log.Warn("scheduled publish outlasted its period; the period in progress is published next", args...)
+		// Same message as an on-time run, so that one query finds every run.
+		log.Warn("scheduled publish", append(args, "note", "the run outlasted its period; the period in progress is published next")...)
 		return
 	}
 	log.Info("scheduled publish", args...)

@@ -20,7 +20,8 @@
 //	refresher_nats_reconnects_total                             counter
 //	    reconnections of the watched NATS connections.
 //
-// plus the standard go_* and process_* collectors. No label ever holds a token, an id
+// plus the standard go_* and process_* collectors (NewSchedule has a publish
+// scheduler's, refresher_publish_periods_total). No label ever holds a token, an id
 // or anything else taken from a message beyond a configured service name.
 package metrics
 
@@ -69,6 +70,7 @@ type Metrics struct {
 	mu         sync.Mutex
 	natsConns  []*nats.Conn
 	reconnects prometheus.CounterFunc
+	periods    *prometheus.CounterVec // NewSchedule's
 }
 
 var _ consumer.Observer = (*Metrics)(nil)
