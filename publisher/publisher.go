@@ -23,8 +23,8 @@ var ErrNotPublished = errors.New("not published")
 
 // Result counts what happened to each message of a publish run.
 type Result struct {
-	// Published were stored by the stream. A publish whose ack was lost and whose retry was answered "duplicate" of this
-	// run's own earlier copy counts here, once.
+	// Published were stored by the stream. A publish whose ack was lost, and whose
+	// re-send was answered "duplicate" of the run's own earlier copy, counts here once.
 	Published int
 	// Duplicate were acknowledged as already stored (same Nats-Msg-Id in the window)
 	// by another publisher of the same request: a twin replica got there first.
