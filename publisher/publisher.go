@@ -126,6 +126,10 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	if p.window < 0 {
 		return nil, fmt.Errorf("window %s: must not be negative", p.window)
 	}
+	if p.ackTimeout <= 0 {
+		// Without it an ack lost with its connection would be waited for forever.
+		return nil, fmt.Errorf("ack timeout %s: must be positive", p.ackTimeout)
+	}
 	if p.window > 0 && p.window < time.Second {
 		// Dedupe ids name the window start to the second: two sub-second windows in one
 		// second would share ids, and the second one's requests would be dropped.

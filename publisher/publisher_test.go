@@ -151,6 +151,7 @@ func TestBadArguments(t *testing.T) {
 			return err
 		}, "at least 1s"},
 		{"zero in-flight", func() error { _, err := publisher.New(env.Conn(), publisher.WithMaxInFlight(0)); return err }, "at least 1"},
+		{"zero ack timeout", func() error { _, err := publisher.New(env.Conn(), publisher.WithAckTimeout(0)); return err }, "must be positive"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.call()
