@@ -112,6 +112,8 @@ func requestsFor(t *testing.T, js jetstream.JetStream, key model.Key) int {
 // of 10,000 rows: the run waits, re-sends what was not confirmed as soon as the server
 // is back, finishes within seconds, stores each row once, and counts exactly that.
 func TestPublishOutageOneShot(t *testing.T) {
+	// The outage is mostly waiting: the outage tests wait side by side.
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	const rows = 10_000
 	env.Seed("github", rows)
@@ -243,6 +245,8 @@ func TestPublishInterruptedDuringOutage(t *testing.T) {
 // (one replica's copy a duplicate of the other's); a period with no run of its own is
 // reported in the next run's Skipped; and every run's counts agree with the stream.
 func TestScheduleOutageTwoReplicas(t *testing.T) {
+	// The outage is mostly waiting: the outage tests wait side by side.
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	const (
 		rows  = 300
@@ -369,6 +373,8 @@ func TestScheduleOutageTwoReplicas(t *testing.T) {
 // resumes as soon as the server is back, republishes each credential once, and says
 // so.
 func TestReplayOutage(t *testing.T) {
+	// The outage is mostly waiting: the outage tests wait side by side.
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	const n = 3000
 	ids := make([]int64, n)
