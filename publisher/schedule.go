@@ -35,7 +35,7 @@ type Run struct {
 	// Err is the run's error; the schedule goes on after it.
 	Err error
 	// Skipped is how many whole periods passed, since the previous run, without a run
-	// of their own (the previous run outlasted them, or the process was stopped): this
+	// of their own (the previous run outlasted them, or the clock jumped ahead): this
 	// run requests the same rows for the period in progress instead.
 	Skipped int
 	// Overran says the run ended after its period did.
