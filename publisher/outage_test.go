@@ -3,15 +3,18 @@ package publisher_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/natsconn"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 )
@@ -432,5 +435,58 @@ func TestReplayOutage(t *testing.T) {
 		if c != 1 {
 			t.Errorf("%s republished %d times", s, c)
 		}
+	}
+}
+
+// TestDuplicateUncheckable: a NATS user not allowed to read the stream cannot check
+// duplicates; after a few tries they are counted as duplicates, with one warning,
+// instead of being re-sent until the run gives up.
+func TestDuplicateUncheckable(t *testing.T) {
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+		Users: []*server.User{{Username: "pub", Password: "pw", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>", "$JS.API.DIRECT.GET.>"}},
+		}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	var logs fleettest.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	now := time.Date(2026, 11, 26, 10, 7, 0, 0, time.UTC)
+	newPublisher := func() *publisher.Publisher {
+		nc, err := natsconn.Local(s.ClientURL(), t.Name(), log, nats.UserInfo("pub", "pw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		p, err := publisher.New(nc, publisher.WithLogger(log), publisher.WithAckTimeout(500*time.Millisecond),
+			publisher.WithClock(func() time.Time { return now }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := publisher.EnsureStreams(context.Background(), p.JetStream(), publisher.DefaultStreamConfig()); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if res, err := newPublisher().Publish(context.Background(), "github", 1, 2, 3); err != nil || res.Published != 3 {
+		t.Fatalf("first: %+v, %v", res, err)
+	}
+	start := time.Now()
+	res, err := newPublisher().Publish(context.Background(), "github", 1, 2, 3)
+	if err != nil || res != (publisher.Result{Duplicate: 3}) {
+		t.Fatalf("twin: %+v, %v; want 3 duplicates", res, err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("twin took %s", d)
+	}
+	if n := strings.Count(logs.String(), "counting duplicates unchecked"); n != 1 {
+		t.Errorf("%d warnings, want 1:\n%s", n, logs.String())
 	}
 }

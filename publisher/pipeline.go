@@ -36,6 +36,10 @@ const (
 	// maxCollisions bounds how often one request is republished under a fresh id
 	// because its id was taken: a fresh id collides only if someone guesses it.
 	maxCollisions = 3
+	// maxUnchecked bounds how often a duplicate is re-sent because the stored message
+	// could not be read (an outage, or a NATS user not allowed to read the stream);
+	// after that the duplicate is taken at its word.
+	maxUnchecked = 3
 )
 
 // errServerGone is the cause recorded for messages not confirmed because the server
@@ -53,6 +57,8 @@ type pending struct {
 	refused int
 	// collided counts republishes under a fresh id after a foreign message took its id.
 	collided int
+	// unchecked counts duplicate acks whose stored message could not be read.
+	unchecked int
 	// lastErr is why it is waiting to be re-sent.
 	lastErr error
 }
@@ -100,6 +106,7 @@ type pubRun struct {
 	resendAt         time.Time // a resend round waits until then
 	delay            time.Duration
 	warned           bool // one "publish failed" warning per run, not one per message
+	uncheckedWarned  bool
 }
 
 type checkJob struct {
@@ -322,6 +329,17 @@ func (r *pubRun) settleCheck(c checked, draining bool) {
 		if draining {
 			r.unresolved(e)
 			return
+		}
+		if e.unchecked++; e.unchecked >= maxUnchecked && r.connected() {
+			// The server answers publishes but not this read: most likely the user
+			// may not read the stream. Better a duplicate unchecked than none counted.
+			if !r.uncheckedWarned {
+				r.uncheckedWarned = true
+				r.log.Warn("cannot read the stored message behind a duplicate; counting duplicates unchecked",
+					"subject", e.msg.Subject, "error", c.err)
+			}
+			r.res.Duplicate++
+			break
 		}
 		// The stream has a message under this id; whose is not known yet.
 		e.lastErr, e.ambiguous = c.err, true
