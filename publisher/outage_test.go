@@ -163,6 +163,17 @@ func TestPublishOutageOneShot(t *testing.T) {
 	if n := streamMsgs(t, js); n != rows {
 		t.Fatalf("stream holds %d messages, want %d", n, rows)
 	}
+	// The outage is logged when it starts and when it ends, not once per message.
+	logs := env.Logs()
+	if n := strings.Count(logs, "NATS server not answering"); n < 1 || n > 3 {
+		t.Errorf("%d warnings of the outage, want 1 (or a few, if the reconnect flapped):\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "NATS server answering again") {
+		t.Errorf("the end of the outage is not logged:\n%s", logs)
+	}
+	if strings.Contains(logs, "publish failed") {
+		t.Errorf("messages reported failed:\n%s", logs)
+	}
 }
 
 // TestPublishInterrupted: at cancel (SIGTERM), publishes in flight are given time to

@@ -107,6 +107,7 @@ type pubRun struct {
 	delay            time.Duration
 	warned           bool // one "publish failed" warning per run, not one per message
 	uncheckedWarned  bool
+	outageLogged     bool // the current outage was logged
 }
 
 type checkJob struct {
@@ -145,6 +146,7 @@ func (p *Publisher) publishMsgs(ctx context.Context, next func() (*nats.Msg, boo
 			gaveUp = true
 			break
 		}
+		r.noteOutage()
 		r.fill(next, &exhausted)
 		if len(r.inflight) == 0 && r.checking == 0 {
 			if len(r.redo) == 0 && exhausted {
@@ -395,8 +397,32 @@ func (r *pubRun) unreachable() {
 	}
 }
 
+// outageNoticed is how long the server must have stayed silent before the run says
+// so: as a server goes down, late acks and errors interleave for a moment.
+const outageNoticed = time.Second
+
+// noteOutage logs, once per outage, that the run is waiting for the server.
+func (r *pubRun) noteOutage() {
+	if r.outageLogged || r.unreachableSince.IsZero() || time.Since(r.unreachableSince) < outageNoticed {
+		return
+	}
+	r.outageLogged = true
+	wait := r.p.outageTimeout - time.Since(r.unreachableSince)
+	if !r.p.giveUpAt.IsZero() {
+		wait = min(wait, time.Until(r.p.giveUpAt))
+	}
+	r.log.Warn("NATS server not answering; unconfirmed publishes are re-sent as soon as it does",
+		"status", r.p.js.Conn().Status().String(), "to_resend", len(r.redo)+len(r.inflight),
+		"gives_up_in", max(wait, 0).Round(time.Millisecond))
+}
+
 // answered records that the server answered: the outage, if any, is over.
 func (r *pubRun) answered() {
+	if r.outageLogged {
+		r.outageLogged = false
+		r.log.Info("NATS server answering again; re-sending what it did not confirm",
+			"after", time.Since(r.unreachableSince).Round(time.Millisecond), "to_resend", len(r.redo))
+	}
 	r.unreachableSince = time.Time{}
 	r.delay = minResendDelay
 }
