@@ -143,7 +143,8 @@ func TestPublishOutageOneShot(t *testing.T) {
 	fleettest.Eventually(t, 30*time.Second, "the publish under way", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return last.Total() >= 500
+		// Half way, so that the work left after the restart stays small on a busy machine.
+		return last.Total() >= rows/2
 	})
 	restarted := stopFor(t, env, outage)
 	var o outcome
