@@ -55,6 +55,27 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, limit int, fn 
 	if err != nil || st.Msgs == 0 {
 		return err
 	}
+	return listDeadLetters(ctx, s, st, limit, fn)
+}
+
+// ListDeadLettersIn is ListDeadLetters as of state st of REFRESH_DLQ, read earlier by
+// the caller: dead letters stored after it are not listed, so that what is listed
+// agrees with the counts of st.
+func ListDeadLettersIn(ctx context.Context, js jetstream.JetStream, st jetstream.StreamState, limit int, fn func(DeadLetter) error) error {
+	if limit < 0 {
+		return fmt.Errorf("limit %d: must not be negative", limit)
+	}
+	if st.Msgs == 0 {
+		return nil
+	}
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", DLQStream, err)
+	}
+	return listDeadLetters(ctx, s, st, limit, fn)
+}
+
+func listDeadLetters(ctx context.Context, s jetstream.Stream, st jetstream.StreamState, limit int, fn func(DeadLetter) error) error {
 	start := st.FirstSeq
 	// The last limit messages lie within the last limit+deleted sequences.
 	if span := uint64(limit) + uint64(st.NumDeleted); limit > 0 && st.LastSeq-st.FirstSeq+1 > span {
@@ -65,7 +86,7 @@ func ListDeadLetters(ctx context.Context, js jetstream.JetStream, limit int, fn 
 		next int
 		ferr error
 	)
-	err = readStream(ctx, s, jetstream.OrderedConsumerConfig{
+	err := readStream(ctx, s, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   start,
 	}, st.LastSeq, func(msg jetstream.Msg, meta *jetstream.MsgMetadata, _ int) bool {

@@ -17,29 +17,33 @@ import (
 	"github.com/refresher/refresher/model"
 )
 
-// ErrNotPublished is returned when some messages were not acknowledged by the stream
-// after every retry. The Result says how many.
+// ErrNotPublished is returned when some messages were not confirmed as stored: refused
+// by the server, or unconfirmed when the run ended. The Result says how many.
 var ErrNotPublished = errors.New("not published")
 
 // Result counts what happened to each message of a publish run.
 type Result struct {
-	// Published were stored by the stream.
+	// Published were stored by the stream. A publish whose ack was lost, and whose
+	// re-send was answered "duplicate" of the run's own earlier copy, counts here once.
 	Published int
-	// Duplicate were acknowledged as already stored (same Nats-Msg-Id in the window):
-	// another publisher of the same schedule got there first.
+	// Duplicate were acknowledged as already stored (same Nats-Msg-Id in the window)
+	// by another publisher of the same request: a twin replica got there first.
 	Duplicate int
-	// Failed were never acknowledged, after retries.
+	// Failed are certainly not stored: refused by the server after retries, or never
+	// sent because the server stayed unreachable.
 	Failed int
+	// Unknown were sent but neither confirmed nor refused when the run ended (it was
+	// interrupted, or the server stopped answering): they may be stored.
+	Unknown int
+	// Collided counts requests whose dedupe id was already taken by a message that is
+	// not this request (a foreign publish, or a stored copy since removed); they were
+	// published again under an id of their own, and are counted in the other fields
+	// by how that went.
+	Collided int
 }
 
 // Total is every message attempted.
-func (r Result) Total() int { return r.Published + r.Duplicate + r.Failed }
-
-func (r *Result) add(o Result) {
-	r.Published += o.Published
-	r.Duplicate += o.Duplicate
-	r.Failed += o.Failed
-}
+func (r Result) Total() int { return r.Published + r.Duplicate + r.Failed + r.Unknown }
 
 // Publisher publishes refresh requests.
 type Publisher struct {
@@ -48,10 +52,16 @@ type Publisher struct {
 	maxInFlight int
 	retries     int
 	ackTimeout  time.Duration
-	reason      string
-	now         func() time.Time
-	log         *slog.Logger
-	progress    func(Result)
+	// outageTimeout is how long a run waits for an unreachable server before it
+	// gives up; giveUpAt, when set, ends the wait sooner (a scheduled run, at the end
+	// of its period).
+	outageTimeout time.Duration
+	giveUpAt      time.Time
+	drainTimeout  time.Duration
+	reason        string
+	now           func() time.Time
+	log           *slog.Logger
+	progress      func(Result)
 }
 
 // Option configures a Publisher.
@@ -65,11 +75,21 @@ func WithWindow(d time.Duration) Option { return func(p *Publisher) { p.window =
 // WithMaxInFlight bounds how many publishes await their ack at once (default 1024).
 func WithMaxInFlight(n int) Option { return func(p *Publisher) { p.maxInFlight = n } }
 
-// WithRetries sets how many times a failed publish is retried (default 5).
+// WithRetries sets how many times a publish the server refused is retried (default
+// 5). An unreachable server is not a refusal: see WithOutageTimeout.
 func WithRetries(n int) Option { return func(p *Publisher) { p.retries = n } }
 
 // WithAckTimeout bounds the wait for one publish ack (default 5s).
 func WithAckTimeout(d time.Duration) Option { return func(p *Publisher) { p.ackTimeout = d } }
+
+// WithOutageTimeout sets how long a run waits for a server that does not answer (a
+// dropped connection, acks timing out) before it counts what is left as failed or
+// unknown (default 30s). Unconfirmed publishes are re-sent as soon as it answers.
+func WithOutageTimeout(d time.Duration) Option { return func(p *Publisher) { p.outageTimeout = d } }
+
+// WithDrainTimeout sets how long publishes in flight may take to be confirmed once
+// the run's context ends (default 5s); those still unconfirmed count as Unknown.
+func WithDrainTimeout(d time.Duration) Option { return func(p *Publisher) { p.drainTimeout = d } }
 
 // WithReason adds {"reason": reason} as the body of every message.
 func WithReason(reason string) Option { return func(p *Publisher) { p.reason = reason } }
@@ -93,6 +113,9 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 		ackTimeout:  5 * time.Second,
 		now:         time.Now,
 		log:         slog.Default(),
+
+		outageTimeout: 30 * time.Second,
+		drainTimeout:  5 * time.Second,
 	}
 	for _, o := range opts {
 		o(p)
@@ -102,6 +125,10 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	}
 	if p.window < 0 {
 		return nil, fmt.Errorf("window %s: must not be negative", p.window)
+	}
+	if p.ackTimeout <= 0 {
+		// Without it an ack lost with its connection would be waited for forever.
+		return nil, fmt.Errorf("ack timeout %s: must be positive", p.ackTimeout)
 	}
 	if p.window > 0 && p.window < time.Second {
 		// Dedupe ids name the window start to the second: two sub-second windows in one
@@ -185,110 +212,4 @@ func (p *Publisher) publishAll(ctx context.Context, service string, next func() 
 		}
 		return p.request(model.Key{Service: service, ID: id}, start), true
 	})
-}
-
-// publishMsgs is the bounded async pipeline every publish path goes through: up to
-// maxInFlight messages await their acks, in a channel that one collector drains in
-// publish order (acks come back in about that order); a message whose async publish
-// fails is retried synchronously with the same Nats-Msg-Id (so a retry of a message
-// that was in fact stored is acknowledged as a duplicate, not stored twice). Memory is
-// the window, whatever the number of messages: no goroutine or buffer per message.
-func (p *Publisher) publishMsgs(ctx context.Context, next func() (*nats.Msg, bool)) (Result, error) {
-	type inflight struct {
-		msg *nats.Msg
-		fut jetstream.PubAckFuture
-		err error
-	}
-	var res Result // the collector's until it is done
-	dropped := 0   // publishes never handed to the collector (interrupted)
-	window := make(chan inflight, p.maxInFlight)
-	collected := make(chan struct{})
-	go func() {
-		defer close(collected)
-		// Once a message has failed every retry, the stream is unreachable: the rest
-		// get one attempt each instead of the whole schedule, so a run against a dead
-		// server ends in seconds, reporting every message it could not store.
-		retries := p.retries
-		for f := range window {
-			var ack *jetstream.PubAck
-			err := f.err
-			if err == nil {
-				select {
-				case ack = <-f.fut.Ok():
-				case err = <-f.fut.Err():
-				case <-ctx.Done():
-					err = ctx.Err()
-				}
-			}
-			if err != nil {
-				if ack, err = p.retry(ctx, f.msg, err, retries); err != nil {
-					p.log.Warn("publish failed", "subject", f.msg.Subject, "error", err)
-					retries = min(retries, 1)
-				} else {
-					retries = p.retries
-				}
-			}
-			switch {
-			case err != nil:
-				res.Failed++
-			case ack.Duplicate:
-				res.Duplicate++
-			default:
-				res.Published++
-			}
-			if p.progress != nil {
-				p.progress(res)
-			}
-		}
-	}()
-	for ctx.Err() == nil {
-		msg, ok := next()
-		if !ok {
-			break
-		}
-		fut, err := p.js.PublishMsgAsync(msg)
-		select {
-		case window <- inflight{msg: msg, fut: fut, err: err}:
-		case <-ctx.Done():
-			dropped++
-		}
-	}
-	close(window)
-	<-collected
-	// Not handed to the collector: counted as failed, never as published.
-	res.Failed += dropped
-	if ctx.Err() != nil {
-		return res, fmt.Errorf("publish interrupted after %d messages: %w", res.Total(), ctx.Err())
-	}
-	if res.Failed > 0 {
-		return res, fmt.Errorf("%w: %d of %d messages", ErrNotPublished, res.Failed, res.Total())
-	}
-	return res, nil
-}
-
-// retry republishes msg synchronously with backoff after first failed.
-func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, first error, retries int) (*jetstream.PubAck, error) {
-	err := first
-	delay := 250 * time.Millisecond
-	for attempt := 1; attempt <= retries && ctx.Err() == nil; attempt++ {
-		if p.js.Conn().IsClosed() {
-			return nil, fmt.Errorf("connection closed: %w", err)
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w (after: %w)", ctx.Err(), err)
-		}
-		delay = min(2*delay, 5*time.Second)
-		actx, cancel := context.WithTimeout(ctx, p.ackTimeout)
-		ack, perr := p.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(0))
-		cancel()
-		if perr == nil {
-			return ack, nil
-		}
-		err = perr
-	}
-	return nil, fmt.Errorf("after %d retries: %w", retries, err)
 }

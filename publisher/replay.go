@@ -26,16 +26,27 @@ var ErrBeforeStream = errors.New("replay window starts before the stream's oldes
 // ErrBadReplay is returned for ReplayOptions that do not describe a window.
 var ErrBadReplay = errors.New("bad replay options")
 
+// ErrUnknownService is returned (wrapped in ErrBadReplay) for a replay of a service
+// that is neither configured (ReplayOptions.Services) nor named by any message of
+// the stream: most likely a typo, which would otherwise replay nothing and succeed.
+var ErrUnknownService = errors.New("unknown service")
+
 // ReplayOptions select the window a Replay reads.
 type ReplayOptions struct {
-	// From is the start of the window (required): messages stored at or after it.
+	// From is the start of the window (required unless FromOldest): messages stored
+	// at or after it.
 	From time.Time
+	// FromOldest starts the window at the oldest message the stream holds.
+	FromOldest bool
 	// Until, when set, ends the window: messages stored after it are not read.
 	// Either way the replay stops at the stream's last message as of its start, so it
 	// never reads what it republishes itself, nor what arrives meanwhile.
 	Until time.Time
-	// Service, when set, replays only that service's requests.
+	// Service, when set, replays only that service's requests. It must be one of
+	// Services when those are given, else named by some message of the stream.
 	Service string
+	// Services are the configured services (REFRESHER_SERVICES), when known.
+	Services []string
 	// DLQ reads REFRESH_DLQ instead of REFRESH: dead-lettered requests, by the subject
 	// in their Refresh-Original-Subject header. Dead letters leave REFRESH_DLQ on
 	// purpose (purge, REFRESHER_DLQ_MAX_AGE), so a window starting before the oldest
@@ -67,6 +78,9 @@ const (
 type ReplayResult struct {
 	// Stream is the stream read: REFRESH or REFRESH_DLQ.
 	Stream string
+	// From is the oldest message's time, for FromOldest (zero otherwise: the
+	// window started at ReplayOptions.From).
+	From time.Time
 	// Read is the number of messages in the window.
 	Read int
 	// Distinct is the number of credentials they asked for: what is (or, in a dry run,
@@ -77,15 +91,21 @@ type ReplayResult struct {
 	Skipped int
 	// Republished were stored in REFRESH.
 	Republished int
-	// Failed were never acknowledged, after retries.
+	// Failed are certainly not stored: refused by the server after retries, or never
+	// sent because it stayed unreachable.
 	Failed int
+	// Unknown were sent but not confirmed when the replay ended (interrupted, or the
+	// server stopped answering): they may be stored.
+	Unknown int
 }
 
 // Validate names the first option that does not describe a window.
 func (o ReplayOptions) Validate() error {
 	switch {
-	case o.From.IsZero():
+	case o.From.IsZero() && !o.FromOldest:
 		return fmt.Errorf("%w: the window needs a start", ErrBadReplay)
+	case !o.From.IsZero() && o.FromOldest:
+		return fmt.Errorf("%w: a start time and the oldest message both start the window", ErrBadReplay)
 	case !o.Until.IsZero() && o.Until.Before(o.From):
 		return fmt.Errorf("%w: end %s is before start %s", ErrBadReplay,
 			o.Until.UTC().Format(time.RFC3339Nano), o.From.UTC().Format(time.RFC3339Nano))
@@ -93,6 +113,9 @@ func (o ReplayOptions) Validate() error {
 	if o.Service != "" {
 		if err := model.ValidateService(o.Service); err != nil {
 			return fmt.Errorf("%w: %w", ErrBadReplay, err)
+		}
+		if len(o.Services) > 0 && !slices.Contains(o.Services, o.Service) {
+			return fmt.Errorf("%w: %w %q: not in REFRESHER_SERVICES (%s)", ErrBadReplay, ErrUnknownService, o.Service, strings.Join(o.Services, ","))
 		}
 	}
 	return nil
@@ -141,7 +164,15 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 		return res, fmt.Errorf("replay: stream %s: %w", name, err)
 	}
 	st := info.State
-	if !opts.DLQ {
+	if opts.Service != "" && len(opts.Services) == 0 {
+		if err := knownService(ctx, s, name, filter, opts.Service); err != nil {
+			return res, err
+		}
+	}
+	if opts.FromOldest {
+		opts.From = st.FirstTime
+		res.From = st.FirstTime
+	} else if !opts.DLQ {
 		if err := covers(name, st, opts.From); err != nil {
 			return res, err
 		}
@@ -215,9 +246,11 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 		progress(ReplayProgress{Phase: PhaseRepublish, Done: i, Total: len(reqs)})
 		return p.replayMsg(r.key, r.at, run), true
 	})
-	// A duplicate here is a retried publish the stream had in fact stored: republished.
+	// A duplicate here is the same request from another publisher, which cannot
+	// happen with this run's ids unless someone copies them: stored either way.
 	res.Republished = pub.Published + pub.Duplicate
 	res.Failed = pub.Failed
+	res.Unknown = pub.Unknown
 	if err != nil {
 		return res, fmt.Errorf("replay: %w", err)
 	}
@@ -273,25 +306,45 @@ func replayRequest(msg jetstream.Msg, stored time.Time, dlq bool) (model.Key, ti
 	return key, at, nil
 }
 
+// knownService checks that some message of stream s (subject filter) names service:
+// with no configured list to check against, a service the stream has never seen is
+// most likely a typo.
+func knownService(ctx context.Context, s jetstream.Stream, name, filter, service string) error {
+	_, err := s.GetLastMsgForSubject(ctx, filter)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return fmt.Errorf("%w: %w %q: %s holds no message for it (set REFRESHER_SERVICES to replay a configured service with none)",
+			ErrBadReplay, ErrUnknownService, service, name)
+	case err != nil:
+		return fmt.Errorf("replay: look for %s messages in %s: %w", service, name, err)
+	}
+	return nil
+}
+
 // covers checks that a stream whose state is st still holds every message stored
 // from from on. A stream that never lost a message from its front (first sequence 1)
 // holds everything it ever received, however far back from is: nothing before its
 // first message was ever stored. Once messages have expired or been purged, the oldest
-// one left is as far back as the stream reaches.
+// one left is as far back as the stream reaches; a start in the same second as that
+// message is taken as that message, since times are printed (as by status) and typed
+// to the second.
 func covers(name string, st jetstream.StreamState, from time.Time) error {
 	if st.FirstSeq <= 1 {
 		return nil
 	}
-	if st.Msgs > 0 && from.Before(st.FirstTime) {
-		return fmt.Errorf("%w: %s reaches back to %s (its oldest message; older ones have expired or been removed); the window starts at %s",
-			ErrBeforeStream, name, st.FirstTime.UTC().Format(time.RFC3339Nano), from.UTC().Format(time.RFC3339Nano))
+	if st.Msgs > 0 && from.Before(st.FirstTime.Truncate(time.Second)) {
+		return fmt.Errorf("%w: %s reaches back to %s (its oldest message; older ones have expired or been removed); the window starts at %s: start at --from oldest",
+			ErrBeforeStream, name, printTime(st.FirstTime), printTime(from))
 	}
-	if st.Msgs == 0 && from.Before(st.LastTime) {
+	if st.Msgs == 0 && from.Before(st.LastTime.Truncate(time.Second)) {
 		return fmt.Errorf("%w: %s holds no messages: all %d it received, the last stored at %s, have expired or been removed",
-			ErrBeforeStream, name, st.LastSeq, st.LastTime.UTC().Format(time.RFC3339Nano))
+			ErrBeforeStream, name, st.LastSeq, printTime(st.LastTime))
 	}
 	return nil
 }
+
+// printTime prints t as status does: RFC 3339 in UTC, to the second.
+func printTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // idleCheck is how long readStream waits for a message before asking the server
 // whether any are still to come (they may have expired while it read); after

@@ -256,7 +256,8 @@ func TestReplayWindow(t *testing.T) {
 			publisher.ReplayResult{Read: 7, Distinct: 5, Skipped: 1, Republished: 5}},
 		{"service", publisher.ReplayOptions{From: start, Until: end, Service: "google"},
 			publisher.ReplayResult{Read: 2, Distinct: 2, Republished: 2}},
-		{"service without requests", publisher.ReplayOptions{From: start, Until: end, Service: "gitlab"},
+		{"configured service without requests", publisher.ReplayOptions{From: start, Until: end, Service: "gitlab",
+			Services: []string{"github", "gitlab", "google"}},
 			publisher.ReplayResult{}},
 		{"until", publisher.ReplayOptions{From: start, Until: mid},
 			publisher.ReplayResult{Read: 4, Distinct: 3, Skipped: 1, Republished: 3}},
@@ -348,16 +349,24 @@ func TestReplayBeforeStream(t *testing.T) {
 	if !errors.Is(err, publisher.ErrBeforeStream) {
 		t.Fatalf("Replay from before the oldest message: %v, want ErrBeforeStream", err)
 	}
-	if want := oldest.Time.UTC().Format(time.RFC3339Nano); !strings.Contains(err.Error(), want) {
-		t.Fatalf("error %q does not name the oldest message's time %s", err, want)
+	// Named as status prints times: to the second, and the way out.
+	printed := oldest.Time.UTC().Format(time.RFC3339)
+	if !strings.Contains(err.Error(), printed+" (its oldest") || !strings.Contains(err.Error(), "--from oldest") {
+		t.Fatalf("error %q does not name the oldest message's time %s and --from oldest", err, printed)
 	}
 	if got := streamState(t, js, publisher.Stream).LastSeq; got != 4 {
 		t.Fatalf("a refused replay published: last sequence %d", got)
 	}
-	// The time the error names is a start that works.
-	res, err := p.Replay(ctx, publisher.ReplayOptions{From: oldest.Time, DryRun: true})
+	// The time the error names, to the second as printed, is a start that works; so
+	// is the oldest message itself.
+	from, _ := time.Parse(time.RFC3339, printed)
+	res, err := p.Replay(ctx, publisher.ReplayOptions{From: from, DryRun: true})
 	if err != nil || res.Read != 2 {
-		t.Fatalf("Replay from the oldest message = %+v, %v; want 2 read", res, err)
+		t.Fatalf("Replay from %s = %+v, %v; want 2 read", printed, res, err)
+	}
+	res, err = p.Replay(ctx, publisher.ReplayOptions{FromOldest: true, DryRun: true})
+	if err != nil || res.Read != 2 || !res.From.Equal(oldest.Time) {
+		t.Fatalf("Replay from the oldest message = %+v, %v; want 2 read from %s", res, err, oldest.Time)
 	}
 
 	// Everything expired: any window reaching back before the last message is refused.
@@ -384,6 +393,12 @@ func TestReplayBadOptions(t *testing.T) {
 		{"until before from", publisher.ReplayOptions{From: now, Until: now.Add(-time.Minute)}, "is before start"},
 		{"bad service", publisher.ReplayOptions{From: now, Service: "Git Hub"}, `bad service name "Git Hub"`},
 		{"bad service dlq", publisher.ReplayOptions{From: now, Service: "a.b", DLQ: true}, `bad service name "a.b"`},
+		{"start twice", publisher.ReplayOptions{From: now, FromOldest: true}, "both start the window"},
+		// A likely typo: replaying it would read nothing and succeed.
+		{"service not configured", publisher.ReplayOptions{From: now, Service: "gitlab", Services: []string{"github"}},
+			`unknown service "gitlab": not in REFRESHER_SERVICES (github)`},
+		{"service never seen", publisher.ReplayOptions{From: now, Service: "gitlab"},
+			`unknown service "gitlab": REFRESH holds no message for it`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -34,6 +34,12 @@ type Run struct {
 	Result  Result
 	// Err is the run's error; the schedule goes on after it.
 	Err error
+	// Skipped is how many whole periods passed, since the previous run, without a run
+	// of their own (the previous run outlasted them, or the clock jumped ahead): this
+	// run requests the same rows for the period in progress instead.
+	Skipped int
+	// Overran says the run ended after its period did.
+	Overran bool
 }
 
 // ScheduleOption tunes Schedule.
@@ -63,9 +69,13 @@ type schedule struct {
 //
 // A failed run is logged, passed to report (which may be nil) and retried at the next
 // boundary; only arguments no run could accept (wrapping ErrBadSchedule) end the
-// schedule with an error. A run that outlasts its period is followed at once by a run
-// for the period then in progress; periods that passed entirely during a run are not
-// caught up on, since a later run requests the same rows.
+// schedule with an error. While NATS is unreachable a run waits for it until the end
+// of its period (its unconfirmed publishes are re-sent as a batch as soon as it
+// answers), so the next period starts on time. A run that outlasts its period is
+// reported and followed at once by a run for the period then in progress; periods
+// that passed entirely during a run are not caught up on, since a later run requests
+// the same rows, but they are logged once with their count and reported in
+// Run.Skipped.
 func (p *Publisher) Schedule(ctx context.Context, db bun.IDB, scan Scan, every time.Duration, report func(Run), opts ...ScheduleOption) error {
 	if err := validateSchedule(scan, every); err != nil {
 		return err
@@ -81,7 +91,16 @@ func (p *Publisher) Schedule(ctx context.Context, db bun.IDB, scan Scan, every t
 		now := p.now()
 		window := now.UTC().Truncate(every)
 		if window.After(last) {
+			skipped := 0
+			if !last.IsZero() {
+				skipped = int(window.Sub(last)/every) - 1
+			}
+			if skipped > 0 {
+				log.Warn("schedule skipped periods that passed during the previous run; this run requests the same rows",
+					"skipped", skipped, "first", last.Add(every).Format(time.RFC3339), "last", window.Add(-every).Format(time.RFC3339))
+			}
 			run := p.runOnce(ctx, db, scan, every, now, window)
+			run.Skipped = skipped
 			last = window
 			logRun(ctx, log, run)
 			if report != nil {
@@ -112,21 +131,33 @@ func (p *Publisher) Schedule(ctx context.Context, db bun.IDB, scan Scan, every t
 
 // runOnce publishes scan for window, on a copy of p whose clock stands still at now:
 // PublishScan then derives exactly window from it (not the next one, should the run
-// start on a boundary), and the expiry cutoff from the moment the run began.
+// start on a boundary), and the expiry cutoff from the moment the run began. An
+// unreachable server is waited for until the period ends, not longer: the next
+// period's run requests the same rows, and must start on time.
 func (p *Publisher) runOnce(ctx context.Context, db bun.IDB, scan Scan, every time.Duration, now, window time.Time) Run {
 	q := *p
 	q.window = every
 	q.now = func() time.Time { return now }
 	began := time.Now()
+	// The end of the period by the real clock, however the publisher's clock runs.
+	q.giveUpAt = began.Add(window.Add(every).Sub(now))
 	res, err := q.PublishScan(ctx, db, scan)
-	return Run{Window: window, Started: now, Elapsed: time.Since(began), Result: res, Err: err}
+	elapsed := time.Since(began)
+	return Run{Window: window, Started: now, Elapsed: elapsed, Result: res, Err: err,
+		Overran: now.Add(elapsed).After(window.Add(every))}
 }
 
 func logRun(ctx context.Context, log *slog.Logger, run Run) {
 	args := []any{
 		"window", run.Window.Format(time.RFC3339),
 		"published", run.Result.Published, "duplicate", run.Result.Duplicate, "failed", run.Result.Failed,
-		"elapsed", run.Elapsed.Round(time.Millisecond),
+		"unknown", run.Result.Unknown, "elapsed", run.Elapsed.Round(time.Millisecond),
+	}
+	if run.Result.Collided > 0 {
+		args = append(args, "collided", run.Result.Collided)
+	}
+	if run.Overran {
+		args = append(args, "overran", true)
 	}
 	switch {
 	case run.Err != nil && ctx.Err() != nil:
@@ -134,6 +165,11 @@ func logRun(ctx context.Context, log *slog.Logger, run Run) {
 		return
 	case run.Err != nil:
 		log.Error("scheduled publish failed; next attempt at the next boundary", append(args, "error", run.Err)...)
+		return
+	}
+	if run.Overran {
+		// Same message as an on-time run, so that one query finds every run.
+		log.Warn("scheduled publish", append(args, "note", "the run outlasted its period; the period in progress is published next")...)
 		return
 	}
 	log.Info("scheduled publish", args...)

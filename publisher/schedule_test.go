@@ -331,3 +331,43 @@ func TestScheduleEndsWhenConnectionCloses(t *testing.T) {
 		t.Fatal("Schedule still running 10s after its connection closed")
 	}
 }
+
+// TestScheduleReportsSkippedPeriods: periods that pass entirely during a long run get
+// no run of their own; the next run says how many, and the log says so once.
+func TestScheduleReportsSkippedPeriods(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	env.Seed("github", 2)
+	clock := &virtualClock{now: time.Date(2026, 11, 26, 10, 7, 30, 0, time.UTC)}
+	p := env.Publisher(publisher.WithClock(clock.Now))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var runs []publisher.Run
+	err := p.Schedule(ctx, env.DB, publisher.Scan{Service: "github"}, 15*time.Minute, func(r publisher.Run) {
+		runs = append(runs, r)
+		switch len(runs) {
+		case 1:
+			clock.Advance(50 * time.Minute) // the 10:00 run "takes" until 10:57:30
+		case 3:
+			cancel()
+		}
+	}, publisher.ScheduleAfter(clock.After))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 3 {
+		t.Fatalf("%d runs, want 3", len(runs))
+	}
+	got := []string{}
+	for _, r := range runs {
+		got = append(got, fmt.Sprintf("%s skipped=%d", r.Window.Format("15:04"), r.Skipped))
+	}
+	if want := "[10:00 skipped=0 10:45 skipped=2 11:00 skipped=0]"; fmt.Sprint(got) != want {
+		t.Errorf("runs %v, want %s", got, want)
+	}
+	if n := strings.Count(env.Logs(), "schedule skipped periods"); n != 1 {
+		t.Errorf("%d log lines about skipped periods, want 1:\n%s", n, env.Logs())
+	}
+	if !strings.Contains(env.Logs(), "skipped=2") {
+		t.Errorf("the log does not say how many were skipped:\n%s", env.Logs())
+	}
+}

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/refresher/refresher/internal/config"
+	"github.com/refresher/refresher/internal/metrics"
 	"github.com/refresher/refresher/internal/natsconn"
 	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/model"
@@ -23,6 +26,7 @@ func publishCmd(e *env) *cobra.Command {
 		reason         string
 		window         time.Duration
 		every          time.Duration
+		httpAddr       string
 	)
 	cmd := &cobra.Command{
 		Use:   "publish --service S [--expiring-within 30m] [--ids 1,2,3] [--reason text] [--every 15m]",
@@ -40,7 +44,17 @@ the period in progress, then at every boundary aligned to the clock (UTC; with 1
 so any number of replicas publish each row once per period. Each run's counts are
 logged; a failed run is logged and retried at the next boundary. It exits 0 on SIGTERM
 or SIGINT, and 2 on bad configuration. D is at least 1s and at most
-REFRESHER_STREAM_DUPLICATE_WINDOW.`,
+REFRESHER_STREAM_DUPLICATE_WINDOW. With --http ADDR it serves /metrics
+(refresher_publish_periods_total{service,result}: published, failed, skipped),
+/healthz and /readyz there.
+
+If NATS is unreachable, a run waits for it (at most 30s for a one-shot publish, until
+the end of its period with --every) and re-sends what it did not get confirmed, as a
+batch and with the same Nats-Msg-Id, as soon as the server answers. Counts are what
+the server confirmed: a message sent but never confirmed (the server went away, or
+SIGTERM came first; in-flight publishes get 5s to be confirmed) is "unknown", not
+"failed": it may be stored. "collided" counts requests whose Nats-Msg-Id another
+client had already used: they were published under an id of their own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := model.ValidateService(service); err != nil {
@@ -62,6 +76,14 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 			}
 			if pc.Window < 0 {
 				return usageError{fmt.Errorf("--window %s: must not be negative", pc.Window)}
+			}
+			if cmd.Flags().Changed("http") {
+				if !cmd.Flags().Changed("every") {
+					return usageError{errors.New("--http serves the scheduler's metrics: it needs --every")}
+				}
+				if err := config.ValidateHTTPAddr(httpAddr); err != nil {
+					return usageError{fmt.Errorf("--http %q: %w", httpAddr, err)}
+				}
 			}
 			if cmd.Flags().Changed("every") {
 				if every < publisher.MinEvery {
@@ -85,6 +107,19 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 			if err != nil {
 				return err
 			}
+			// Bound before connecting anywhere, as consume does: a busy address is a
+			// configuration mistake, reported at once.
+			var ln net.Listener
+			if httpAddr != "" {
+				if ln, err = metrics.Listen(httpAddr); err != nil {
+					return config.Errorf("--http: %w", err)
+				}
+				defer func() {
+					if ln != nil {
+						_ = ln.Close()
+					}
+				}()
+			}
 			db, err := openDB(cmd.Context(), 2)
 			if err != nil {
 				return err
@@ -101,7 +136,7 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 				publisher.WithWindow(pc.Window), publisher.WithMaxInFlight(pc.MaxInFlight),
 				publisher.WithReason(reason), publisher.WithLogger(e.log),
 				publisher.WithProgress(func(r publisher.Result) {
-					line.Printf("%s: published %d, duplicate %d, failed %d", service, r.Published, r.Duplicate, r.Failed)
+					line.Printf("%s: published %d, duplicate %d, failed %d, unknown %d", service, r.Published, r.Duplicate, r.Failed, r.Unknown)
 				}))
 			if err != nil {
 				return usageError{err}
@@ -110,9 +145,24 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 				return err
 			}
 			if cmd.Flags().Changed("every") {
+				var report func(publisher.Run)
+				if ln != nil {
+					m := metrics.NewSchedule(service)
+					m.WatchNATS(nc)
+					report = m.ScheduleRun(service)
+					srv := metrics.Serve(ln, metrics.Handler(m, metrics.NATSCheck(nc)), e.log)
+					ln = nil // srv owns it now
+					defer func() {
+						ctx, cancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
+						defer cancel()
+						if err := srv.Shutdown(ctx); err != nil {
+							e.log.Warn("metrics server shutdown", "error", err)
+						}
+					}()
+				}
 				err := p.Schedule(cmd.Context(), db, publisher.Scan{
 					Service: service, ExpiringWithin: expiringWithin, IDs: idList,
-				}, every, nil)
+				}, every, report)
 				if errors.Is(err, publisher.ErrBadSchedule) {
 					return usageError{err}
 				}
@@ -123,8 +173,13 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 				Service: service, ExpiringWithin: expiringWithin, IDs: idList,
 			})
 			line.Clear()
-			fmt.Fprintf(e.stdout, "service=%s published=%d duplicate=%d failed=%d elapsed=%s\n",
-				service, res.Published, res.Duplicate, res.Failed, time.Since(start).Round(time.Millisecond))
+			collided := ""
+			if res.Collided > 0 {
+				// Rare and worth a look: someone else published with our dedupe ids.
+				collided = fmt.Sprintf(" collided=%d", res.Collided)
+			}
+			fmt.Fprintf(e.stdout, "service=%s published=%d duplicate=%d failed=%d unknown=%d%s elapsed=%s\n",
+				service, res.Published, res.Duplicate, res.Failed, res.Unknown, collided, time.Since(start).Round(time.Millisecond))
 			return err
 		},
 	}
@@ -135,6 +190,7 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 	f.StringVar(&reason, "reason", "", "reason recorded in each message body")
 	f.DurationVar(&window, "window", 15*time.Minute, "schedule period the dedupe id is built from (env REFRESHER_PUBLISH_WINDOW; 0: no dedupe)")
 	f.DurationVar(&every, "every", 0, "run as a scheduler: publish at start and at every boundary of this period (at least 1s; sets --window)")
+	f.StringVar(&httpAddr, "http", "", "with --every: host:port for /metrics, /healthz and /readyz (default: not served)")
 	_ = cmd.MarkFlagRequired("service")
 	return cmd
 }

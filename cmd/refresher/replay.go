@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -36,7 +37,9 @@ window after an outage re-does exactly what the outage left undone.
 Messages that are not requests (a subject, body or header that does not parse) are
 counted as skipped. Once old requests have expired from REFRESH
 (REFRESHER_STREAM_MAX_AGE), a window starting before the oldest one left is an error
-that names that message's time: replay from there, knowing what is older is gone.
+that names that message's time: replay from there (--from oldest), knowing what is
+older is gone. A --service that is not in REFRESHER_SERVICES (or, when that is unset,
+that no message of the stream names) is refused as a likely typo.
 
 Prints read, distinct, skipped, republished and failed counts. Exit status is 0 when
 every request was republished, 1 otherwise, 2 for bad flags.`,
@@ -65,7 +68,7 @@ type replayFlags struct {
 
 func (f *replayFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.since, "since", 0, "start the window this long ago, like 2h (or give --from)")
-	fs.StringVar(&f.from, "from", "", "start the window at this time, RFC 3339 like 2026-11-26T10:00:00Z (or give --since)")
+	fs.StringVar(&f.from, "from", "", `start the window at this time, RFC 3339 like 2026-11-26T10:00:00Z, or "oldest" for the oldest message held (or give --since)`)
 	fs.StringVar(&f.until, "until", "", "end the window at this time, RFC 3339 (default: the last message stored when the replay starts)")
 	fs.StringVar(&f.service, "service", "", "replay only this service's requests")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "read and count, publish nothing")
@@ -86,6 +89,8 @@ func (f *replayFlags) options(fs *pflag.FlagSet, now time.Time) (publisher.Repla
 			return o, usageError{fmt.Errorf("--since %s: must be positive", f.since)}
 		}
 		o.From = now.Add(-f.since)
+	case f.from == "oldest":
+		o.FromOldest = true
 	default:
 		t, err := parseFlagTime("--from", f.from)
 		if err != nil {
@@ -101,7 +106,7 @@ func (f *replayFlags) options(fs *pflag.FlagSet, now time.Time) (publisher.Repla
 		if err != nil {
 			return o, err
 		}
-		if t.Before(o.From) {
+		if !o.FromOldest && t.Before(o.From) {
 			return o, usageError{fmt.Errorf("--until %s is before the start of the window (%s)",
 				f.until, o.From.UTC().Format(time.RFC3339))}
 		}
@@ -131,6 +136,15 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
 	if err := config.Load(&pc); err != nil {
 		return err
 	}
+	if opts.Service != "" {
+		// A service that is not configured (or, with none configured, that the
+		// stream has never seen) is a mistyped flag, not an empty window.
+		var svc config.Services
+		if err := config.Load(&svc); err != nil {
+			return err
+		}
+		opts.Services = svc.Names
+	}
 	natsURL, err := config.NATSURL()
 	if err != nil {
 		return err
@@ -151,8 +165,18 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
 	start := time.Now()
 	res, err := p.Replay(cmd.Context(), opts)
 	line.Clear()
-	if err != nil && res.Read == 0 && !errors.Is(err, publisher.ErrNotPublished) {
+	switch {
+	case opts.DLQ && errors.Is(err, jetstream.ErrStreamNotFound):
+		// No process has created the streams yet, so nothing has died: as dlq list.
+		fmt.Fprintln(e.stdout, "no dead letters")
+		return nil
+	case errors.Is(err, publisher.ErrUnknownService):
+		return usageError{fmt.Errorf("--service: %w", err)}
+	case err != nil && res.Read == 0 && !errors.Is(err, publisher.ErrNotPublished):
 		return err
+	}
+	if opts.FromOldest {
+		opts.From = res.From
 	}
 	until := "last"
 	if !opts.Until.IsZero() {
@@ -162,8 +186,8 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
 	if opts.DryRun {
 		dry = " (dry run: nothing published)"
 	}
-	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d elapsed=%s%s\n",
+	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d unknown=%d elapsed=%s%s\n",
 		res.Stream, opts.From.UTC().Format(time.RFC3339), until, res.Read, res.Distinct, res.Skipped,
-		res.Republished, res.Failed, time.Since(start).Round(time.Millisecond), dry)
+		res.Republished, res.Failed, res.Unknown, time.Since(start).Round(time.Millisecond), dry)
 	return err
 }

@@ -149,8 +149,14 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	if got := streamLastSeq(t, js, publisher.Stream); got != before {
 		t.Fatalf("dry run published: last sequence %d -> %d", before, got)
 	}
+	// A service no message names, with none configured: a typo, not an empty window.
+	_, stderr := run(2, "replay", "--since", "1h", "--service", "bogus")
+	mustContain(stderr, `unknown service "bogus": REFRESH holds no message for it`)
+	t.Setenv("REFRESHER_SERVICES", "github,google")
 	out, _ = run(0, "replay", "--since", "1h", "--service", "google")
 	mustContain(out, "read=0 distinct=0 skipped=0 republished=0")
+	_, stderr = run(2, "replay", "--since", "1h", "--service", "gitlab")
+	mustContain(stderr, `unknown service "gitlab": not in REFRESHER_SERVICES (github,google)`)
 
 	env.Fake.SetOutage(false)
 	calls := env.Fake.Stats().Calls
@@ -181,10 +187,27 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, stderr := run(1, "replay", "--since", "1h")
-	mustContain(stderr, "reaches back to "+oldest.Time.UTC().Format(time.RFC3339Nano))
-	out, _ = run(0, "replay", "--from", oldest.Time.UTC().Format(time.RFC3339Nano), "--dry-run")
+	// Printed as status prints it, to the second; that time, and "oldest", work.
+	printed := oldest.Time.UTC().Format(time.RFC3339)
+	_, stderr = run(1, "replay", "--since", "1h")
+	mustContain(stderr, "reaches back to "+printed+" (", "--from oldest")
+	out, _ = run(0, "replay", "--from", printed, "--dry-run")
 	mustContain(out, "read=")
+	out, _ = run(0, "replay", "--from", "oldest", "--dry-run")
+	mustContain(out, "from="+printed, "read=")
+}
+
+// TestDLQReplayWithoutStream: before any process has created REFRESH_DLQ, nothing has
+// died: dlq replay says so and exits 0, as dlq list does.
+func TestDLQReplayWithoutStream(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	t.Setenv("NATS_URL", env.NATS.URL())
+	for _, args := range [][]string{{"dlq", "replay", "--since", "1h"}, {"replay", "--dlq", "--since", "1h"}, {"dlq", "list"}} {
+		code, out, stderr := runCLI(t, args...)
+		if code != 0 || strings.TrimSpace(out) != "no dead letters" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want 0 and \"no dead letters\"", strings.Join(args, " "), code, out, stderr)
+		}
+	}
 }
 
 func streamLastSeq(t *testing.T, js jetstream.JetStream, name string) uint64 {

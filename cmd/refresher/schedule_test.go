@@ -3,7 +3,11 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,6 +33,7 @@ func TestPublishEveryBadValues(t *testing.T) {
 		{"above the dedupe window", []string{"--every", "1h"}, "publish window 1h0m0s exceeds REFRESHER_STREAM_DUPLICATE_WINDOW"},
 		{"window disagrees", []string{"--every", "15m", "--window", "5m"}, "--window 5m0s and --every 15m0s"},
 		{"negative expiring-within", []string{"--every", "15m", "--expiring-within", "-1m"}, "--expiring-within -1m0s"},
+		{"metrics without a schedule", []string{"--http", "127.0.0.1:0"}, "--http serves the scheduler's metrics: it needs --every"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,8 +61,9 @@ func TestPublishEveryProcesses(t *testing.T) {
 		"NATS_URL="+fx.NATS.URL(),
 		"REFRESHER_LOG_FORMAT=json",
 	)
+	addr := freeAddr(t)
 	procs := []*proc{
-		start(t, env, "publish", "--service", "github", "--every", "1s"),
+		start(t, env, "publish", "--service", "github", "--every", "1s", "--http", addr),
 		start(t, env, "publish", "--service", "github", "--every", "1s"),
 	}
 
@@ -88,6 +94,17 @@ func TestPublishEveryProcesses(t *testing.T) {
 		}
 		return both >= 3
 	})
+	// The scheduler with --http counts its periods in /metrics.
+	fleettest.Eventually(t, 10*time.Second, "published periods in /metrics", func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return regexp.MustCompile(`refresher_publish_periods_total\{result="published",service="github"\} [1-9]`).Match(body) &&
+			strings.Contains(string(body), `refresher_publish_periods_total{result="skipped",service="github"} 0`)
+	})
 	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		if err := procs[i].cmd.Process.Signal(sig); err != nil {
 			t.Fatal(err)
@@ -109,4 +126,16 @@ func TestPublishEveryProcesses(t *testing.T) {
 			t.Errorf("no clean stop logged:\n%s", p.stderr.String())
 		}
 	}
+}
+
+// freeAddr is a loopback address nothing listens on (for a moment).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
 }

@@ -125,7 +125,7 @@ func printStatus(w io.Writer, rep status.Report, window time.Duration) error {
 	p("CONSUMER\tPENDING\tACK PENDING\tREDELIVERED\tWAITING PULLS\tLAST DELIVERED\tLAST ACKED\n")
 	if c.Exists {
 		p("%s/%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.Stream, c.Name, c.Pending, c.AckPending, c.Redelivered, c.WaitingPulls,
-			when(c.LastDelivered, now), when(c.LastAcked, now))
+			whenKnown(c.LastDelivered, c.LastDeliveredUnknown, now), whenKnown(c.LastAcked, c.LastAckedUnknown, now))
 	} else {
 		p("%s/%s\tdoes not exist yet (created by the first consume)\n", c.Stream, c.Name)
 	}
@@ -225,6 +225,14 @@ func when(t *time.Time, now time.Time) string {
 		return t.Format(time.RFC3339) + " (in " + shortDuration(-age) + ")"
 	}
 	return t.Format(time.RFC3339) + " (" + shortDuration(age) + " ago)"
+}
+
+// whenKnown is when, except for a time the server lost: "-" would say "never".
+func whenKnown(t *time.Time, unknown bool, now time.Time) string {
+	if t == nil && unknown {
+		return "unknown (server restarted)"
+	}
+	return when(t, now)
 }
 
 // shortDuration rounds to what a reader needs: seconds under an hour, minutes above.

@@ -53,7 +53,7 @@ func TestStatusJSONFieldNames(t *testing.T) {
 	for path, want := range map[string][]string{
 		"":             {"consumer", "credentials", "dead_letters", "errors", "generated_at", "stream"},
 		"stream":       stream,
-		"consumer":     {"ack_pending", "exists", "last_acked", "last_delivered", "name", "pending", "redelivered", "stream", "waiting_pulls"},
+		"consumer":     {"ack_pending", "exists", "last_acked", "last_acked_unknown", "last_delivered", "last_delivered_unknown", "name", "pending", "redelivered", "stream", "waiting_pulls"},
 		"dead_letters": append(slices.Clone(stream), "complete", "reason_groups", "scan_limit", "scanned", "top_reasons"),
 		"credentials":  {"services", "table_exists", "total", "window"},
 	} {
@@ -258,4 +258,19 @@ func TestStatusBadFlags(t *testing.T) {
 			t.Fatalf("status --help: exit %d\n%s", code, out)
 		}
 	})
+}
+
+// TestStatusPrintsLostTimes: times the server lost in a restart are not shown as "-",
+// which the README says means never.
+func TestStatusPrintsLostTimes(t *testing.T) {
+	var b strings.Builder
+	rep := status.Report{GeneratedAt: time.Now(), Consumer: status.ConsumerReport{
+		Stream: "REFRESH", Name: "refresher", Exists: true, LastDeliveredUnknown: true, LastAckedUnknown: true,
+	}}
+	if err := printStatus(&b, rep, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(b.String(), "unknown (server restarted)"); n != 2 {
+		t.Fatalf("lost times printed %d times as unknown, want 2:\n%s", n, b.String())
+	}
 }

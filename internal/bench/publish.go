@@ -185,7 +185,8 @@ func (r *rig) rawPublish(ctx context.Context, ids []int64) (rawResult, error) {
 }
 
 var (
-	publishedRe = regexp.MustCompile(`published=(\d+) duplicate=(\d+) failed=(\d+) elapsed=(\S+)`)
+	// publish prints unknown= (and collided= when any) between failed= and elapsed=.
+	publishedRe = regexp.MustCompile(`published=(\d+) duplicate=(\d+) failed=(\d+) (?:\S+ )*?elapsed=(\S+)`)
 	peakRe      = regexp.MustCompile(PeakRSSKey + `=(\d+)`)
 )
 

@@ -28,7 +28,8 @@
 //	go_sql_*{db_name="refresher"}                                gauges, counters
 //	    the database pool (WatchDB): open, in use, idle, max, waits.
 //
-// plus the standard go_* and process_* collectors. No label ever holds a token, an id
+// plus the standard go_* and process_* collectors (NewSchedule has a publish
+// scheduler's, refresher_publish_periods_total). No label ever holds a token, an id
 // or anything else taken from a message beyond a configured service name.
 package metrics
 
@@ -80,6 +81,7 @@ type Metrics struct {
 	mu         sync.Mutex
 	natsConns  []*nats.Conn
 	reconnects prometheus.CounterFunc
+	periods    *prometheus.CounterVec // NewSchedule's
 }
 
 var _ consumer.Observer = (*Metrics)(nil)

@@ -56,15 +56,17 @@ func ReasonGroup(reason string) string {
 	return credentialRE.ReplaceAllLiteralString(reason, "credential <id>")
 }
 
-// deadLetterReport reads REFRESH_DLQ's state and the reasons of its last scan messages.
+// deadLetterReport reads REFRESH_DLQ's state and the reasons of its last scan
+// messages. The scan stops at the last message of that state, so that its counts
+// agree with Messages even while dead letters arrive.
 func deadLetterReport(ctx context.Context, js jetstream.JetStream, scan, top int) (DeadLetterReport, error) {
-	s, err := streamReport(ctx, js, publisher.DLQStream)
+	s, st, err := streamState(ctx, js, publisher.DLQStream)
 	rep := DeadLetterReport{StreamReport: s, ScanLimit: scan, TopReasons: []ReasonCount{}}
 	if err != nil || !s.Exists {
 		rep.Complete = err == nil
 		return rep, err
 	}
-	groups, scanned, err := scanReasons(ctx, js, scan)
+	groups, scanned, err := scanReasons(ctx, js, st, scan)
 	rep.Scanned = scanned
 	rep.Complete = err == nil && uint64(scanned) >= s.Messages
 	rep.ReasonGroups = len(groups)
@@ -80,14 +82,15 @@ func deadLetterReport(ctx context.Context, js jetstream.JetStream, scan, top int
 	return rep, err
 }
 
-// scanReasons groups the reasons of the last limit dead letters of REFRESH_DLQ.
-func scanReasons(ctx context.Context, js jetstream.JetStream, limit int) (map[string]*ReasonCount, int, error) {
+// scanReasons groups the reasons of the last limit dead letters of REFRESH_DLQ in
+// state st.
+func scanReasons(ctx context.Context, js jetstream.JetStream, st jetstream.StreamState, limit int) (map[string]*ReasonCount, int, error) {
 	groups := map[string]*ReasonCount{}
 	if limit <= 0 {
 		return groups, 0, nil // ListDeadLetters reads everything on 0
 	}
 	scanned := 0
-	err := publisher.ListDeadLetters(ctx, js, limit, func(dl publisher.DeadLetter) error {
+	err := publisher.ListDeadLettersIn(ctx, js, st, limit, func(dl publisher.DeadLetter) error {
 		scanned++
 		key := ReasonGroup(dl.Reason)
 		g := groups[key]

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/internal/pgtest"
@@ -239,5 +240,82 @@ func TestReasonGroup(t *testing.T) {
 		if got := status.ReasonGroup(tt.in); got != tt.want {
 			t.Errorf("ReasonGroup(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestGatherConsumerTimesAfterRestart: the server keeps the consumer's last delivery
+// and ack times in memory only; after it restarts they are unknown, which the report
+// must not present as "never".
+func TestGatherConsumerTimesAfterRestart(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	ctx := context.Background()
+	env.Seed("github", 3)
+	c := env.StartConsumer(env.Config())
+	if _, err := env.Publisher().PublishScan(ctx, env.DB, publisher.Scan{Service: "github"}); err != nil {
+		t.Fatal(err)
+	}
+	env.WaitIdle(30 * time.Second)
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := status.Gather(ctx, env.DB, env.JS(), status.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := rep.Consumer; c.LastDelivered == nil || c.LastAcked == nil || c.LastDeliveredUnknown || c.LastAckedUnknown {
+		t.Fatalf("before the restart: %+v", c)
+	}
+	if err := env.NATS.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = status.Gather(ctx, env.DB, env.JS(), status.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2 := rep.Consumer
+	t.Logf("after the restart: %+v", c2)
+	if c2.LastDelivered == nil && !c2.LastDeliveredUnknown || c2.LastAcked == nil && !c2.LastAckedUnknown {
+		t.Fatalf("after the restart the times are reported as never: %+v", c2)
+	}
+}
+
+// arrivingDLQ is a JetStream on which a dead letter arrives between the first and
+// the second look-up of REFRESH_DLQ, as under load.
+type arrivingDLQ struct {
+	jetstream.JetStream
+	lookups int
+	arrive  func()
+}
+
+func (a *arrivingDLQ) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	if name == publisher.DLQStream {
+		if a.lookups++; a.lookups == 2 {
+			a.arrive()
+		}
+	}
+	return a.JetStream.Stream(ctx, name)
+}
+
+// TestGatherDeadLettersConsistent: the dead-letter counts come from one read, so a
+// dead letter arriving while Gather runs cannot make the scan larger than the count.
+func TestGatherDeadLettersConsistent(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	ctx := context.Background()
+	env.Publisher()
+	js := env.JS()
+	dead := func() {
+		if _, err := js.Publish(ctx, publisher.DLQPrefix+"refresh.github.1", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		dead()
+	}
+	rep, err := status.Gather(ctx, env.DB, &arrivingDLQ{JetStream: js, arrive: dead}, status.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := rep.DeadLetters; d.Messages != 3 || d.Scanned != 3 || !d.Complete {
+		t.Fatalf("dead letters %d, scanned %d, complete %v: want the 3 of one read", d.Messages, d.Scanned, d.Complete)
 	}
 }

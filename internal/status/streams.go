@@ -45,27 +45,39 @@ type ConsumerReport struct {
 	// so zero while requests are pending means no process is fetching.
 	WaitingPulls int `json:"waiting_pulls"`
 	// LastDelivered and LastAcked are when the fleet last took and finished a request;
-	// null if never.
+	// null if never, or if unknown (below).
 	LastDelivered *time.Time `json:"last_delivered"`
 	LastAcked     *time.Time `json:"last_acked"`
+	// LastDeliveredUnknown and LastAckedUnknown say the consumer has delivered (acked)
+	// requests but the server does not know when: it keeps these times in memory only,
+	// so they are lost when it restarts, until the next delivery (ack).
+	LastDeliveredUnknown bool `json:"last_delivered_unknown"`
+	LastAckedUnknown     bool `json:"last_acked_unknown"`
 }
 
 // streamReport reads name's state; a missing stream is Exists false.
 func streamReport(ctx context.Context, js jetstream.JetStream, name string) (StreamReport, error) {
+	rep, _, err := streamState(ctx, js, name)
+	return rep, err
+}
+
+// streamState is streamReport with the state it was made from, for a further read
+// that must agree with it.
+func streamState(ctx context.Context, js jetstream.JetStream, name string) (StreamReport, jetstream.StreamState, error) {
 	rep := StreamReport{Name: name}
 	s, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return rep, nil
+		return rep, jetstream.StreamState{}, nil
 	}
 	if err != nil {
-		return rep, fmt.Errorf("look up stream %s: %w", name, err)
+		return rep, jetstream.StreamState{}, fmt.Errorf("look up stream %s: %w", name, err)
 	}
 	info, err := s.Info(ctx)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return rep, nil // deleted between the two calls
+		return rep, jetstream.StreamState{}, nil // deleted between the two calls
 	}
 	if err != nil {
-		return rep, fmt.Errorf("stream %s info: %w", name, err)
+		return rep, jetstream.StreamState{}, fmt.Errorf("stream %s info: %w", name, err)
 	}
 	st := info.State
 	rep.Exists = true
@@ -73,7 +85,7 @@ func streamReport(ctx context.Context, js jetstream.JetStream, name string) (Str
 	if st.Msgs > 0 {
 		rep.FirstTime, rep.LastTime = utc(st.FirstTime), utc(st.LastTime)
 	}
-	return rep, nil
+	return rep, st, nil
 }
 
 // consumerReport reads the fleet's durable; without the stream there is none.
@@ -103,9 +115,13 @@ func consumerReport(ctx context.Context, js jetstream.JetStream, streamExists bo
 	rep.WaitingPulls = info.NumWaiting
 	if info.Delivered.Last != nil {
 		rep.LastDelivered = utc(*info.Delivered.Last)
+	} else {
+		rep.LastDeliveredUnknown = info.Delivered.Consumer > 0
 	}
 	if info.AckFloor.Last != nil {
 		rep.LastAcked = utc(*info.AckFloor.Last)
+	} else {
+		rep.LastAckedUnknown = info.AckFloor.Consumer > 0
 	}
 	return rep, nil
 }
