@@ -202,7 +202,10 @@ func TestProcessesEndToEnd(t *testing.T) {
 		published += pub
 		duplicates += dup
 	}
-	if published != 2*perService || duplicates != 2*perService {
+	// Each row is published exactly once. A twin's scan may find fewer rows than its
+	// first page promised: the consumers refresh rows (moving expires_at past the
+	// horizon) while it pages, so duplicates may fall short of the row count.
+	if published != 2*perService || duplicates > 2*perService {
 		t.Fatalf("published %d, duplicates %d: want each row published once", published, duplicates)
 	}
 
