@@ -107,7 +107,7 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 		case o != undecidedOutcome:
 			g.settle(o, err)
 			continue
-		case row.liveClaim():
+		case row.liveClaim() && !c.deadOwner(row):
 			g.state, g.heldBy = waiting, *row.ClaimID
 			continue
 		case claims[row.ID] != 0:
@@ -116,12 +116,18 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 			g.state, g.heldBy = waiting, claims[row.ID]
 			continue
 		case row.ClaimID != nil:
-			// Expired: its owner is gone. Whatever it may have rotated is past saving; the
-			// provider's reuse interval is what still accepts the token presented now.
+			// Expired, or its owner is dead: whatever that attempt may have rotated is past
+			// saving, and the provider's reuse interval is what still accepts the token
+			// presented now, which the owner presented claim_age ago.
+			reason := TakeoverExpired
+			if row.liveClaim() {
+				reason = TakeoverDeadOwner
+			}
 			age := time.Duration(*row.ClaimAge * float64(time.Second))
-			g.log().Warn("taking over an expired claim", "owner", deref(row.ClaimOwner), "claim_age", age.Round(time.Millisecond))
+			g.log().Warn("taking over a claim", "reason", reason, "owner", deref(row.ClaimOwner),
+				"claim_age", age.Round(time.Millisecond), "claim_age_seconds", age.Seconds())
 			c.stats.takeover()
-			c.observer.ClaimTakenOver(g.key.Service)
+			c.observer.ClaimTakenOver(g.key.Service, reason, age)
 		}
 		cred := row.Credential
 		g.claim = &claim{id: rand.Int64N(1<<62) + 1, cred: &cred, deadline: deadline}
@@ -165,6 +171,27 @@ func (c *Consumer) settled(ids []int64) {
 			close(ch.(chan struct{}))
 		}
 	}
+}
+
+// Why a claim was taken over, as counted.
+const (
+	// TakeoverExpired: the claim outlived its expiry.
+	TakeoverExpired = "expired"
+	// TakeoverDeadOwner: the process that holds it is dead (its liveness key expired).
+	TakeoverDeadOwner = "dead_owner"
+)
+
+// deadOwner reports whether a live claim's owner is known to be dead. A claim younger
+// than the owner TTL is never taken this way: its owner may be a process that has not
+// registered (RefreshNow before Run) or whose first heartbeat is on its way.
+func (c *Consumer) deadOwner(row *lockedRow) bool {
+	if row.ClaimOwner == nil || row.ClaimAge == nil || c.cfg.OwnerTTL <= 0 {
+		return false
+	}
+	if time.Duration(*row.ClaimAge*float64(time.Second)) < c.cfg.OwnerTTL {
+		return false
+	}
+	return c.live.dead(*row.ClaimOwner)
 }
 
 // unclaim undoes the claimed state of groups whose claim did not commit.
@@ -243,13 +270,13 @@ func (c *Consumer) awaitClaim(id, heldBy int64, delivered uint64) error {
 		}
 		delay = min(2*delay, 250*time.Millisecond)
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.statementTimeout())
-		holder, expired, err := claimHolder(ctx, c.db, id)
+		row, err := claimHolder(ctx, c.db, id)
 		cancel()
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		if holder != heldBy || expired {
+		if row == nil || row.ClaimID == nil || *row.ClaimID != heldBy || !row.liveClaim() || c.deadOwner(row) {
 			return nil
 		}
 	}

@@ -12,7 +12,8 @@ const Durable = "refresher"
 // Config tunes one consume process. Env names are REFRESHER_<tag>.
 type Config struct {
 	Concurrency     int             `envconfig:"REFRESHER_CONCURRENCY" default:"256" desc:"provider calls in flight in one process (no database connection is held during a call)"`
-	AckWait         time.Duration   `envconfig:"REFRESHER_ACK_WAIT" default:"60s" desc:"redelivery timeout of an unacknowledged message (kept alive while in progress)"`
+	AckWait         time.Duration   `envconfig:"REFRESHER_ACK_WAIT" default:"10s" desc:"redelivery timeout of an unacknowledged message; heartbeats every third of it keep a message in progress, so it bounds how soon a dead process's messages are redelivered"`
+	OwnerTTL        time.Duration   `envconfig:"REFRESHER_OWNER_TTL" default:"10s" desc:"a consume process whose liveness key (JetStream bucket refresher_owners) is this old is dead, and its claims are taken over at once; 0 disables: claims are then taken over only when they expire"`
 	MaxDeliver      int             `envconfig:"REFRESHER_MAX_DELIVER" default:"8" desc:"deliveries before a failing request is dead-lettered"`
 	Backoff         []time.Duration `envconfig:"REFRESHER_BACKOFF" default:"1s,5s,15s,30s,1m,2m,5m" desc:"NakWithDelay delay by delivery count (the last repeats)"`
 	MaxAckPending   int             `envconfig:"REFRESHER_MAX_ACK_PENDING" default:"1024" desc:"unacknowledged messages across the fleet; above concurrency x processes"`
@@ -28,7 +29,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Concurrency:     256,
-		AckWait:         60 * time.Second,
+		AckWait:         10 * time.Second,
+		OwnerTTL:        10 * time.Second,
 		MaxDeliver:      8,
 		Backoff:         []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second, time.Minute, 2 * time.Minute, 5 * time.Minute},
 		MaxAckPending:   1024,
@@ -55,8 +57,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("REFRESHER_LOCK_TIMEOUT=%s: must be positive", c.LockTimeout)
 	case c.ProviderTimeout <= 0:
 		return fmt.Errorf("REFRESHER_PROVIDER_TIMEOUT=%s: must be positive", c.ProviderTimeout)
-	case c.AckWait <= c.ProviderTimeout:
-		return fmt.Errorf("REFRESHER_ACK_WAIT=%s: must exceed REFRESHER_PROVIDER_TIMEOUT (%s)", c.AckWait, c.ProviderTimeout)
+	case c.AckWait < time.Second:
+		// Heartbeats go every third of it: shorter would spend the connection on them.
+		return fmt.Errorf("REFRESHER_ACK_WAIT=%s: want at least 1s", c.AckWait)
+	case c.OwnerTTL != 0 && c.OwnerTTL < time.Second:
+		return fmt.Errorf("REFRESHER_OWNER_TTL=%s: want at least 1s, or 0 to disable", c.OwnerTTL)
+	case c.OwnerTTL < 0:
+		return fmt.Errorf("REFRESHER_OWNER_TTL=%s: must not be negative", c.OwnerTTL)
 	case c.DrainTimeout <= c.ProviderTimeout:
 		// A provider call cut short by shutdown may have rotated the token already; the
 		// drain must be able to wait one out.
@@ -85,6 +92,19 @@ func (c Config) Validate() error {
 // have rotated; only the provider's reuse interval then saves the credential.
 func (c Config) claimTTL() time.Duration {
 	return c.ProviderTimeout + 2*c.LockTimeout + claimMargin + 3*time.Second
+}
+
+// RecoveryTime is the longest a credential whose consumer died between the
+// provider's answer and its commit waits before another process presents its token
+// again: the message's redelivery (AckWait after the last heartbeat) and the owner's
+// death becoming visible (OwnerTTL after its last heartbeat), or without liveness the
+// claim's expiry, plus a look at the claim. Inside the provider's reuse interval that
+// recovers the token; outside it the credential ends reauth_required.
+func (c Config) RecoveryTime() time.Duration {
+	if c.OwnerTTL > 0 {
+		return max(c.AckWait, c.OwnerTTL) + 250*time.Millisecond
+	}
+	return max(c.AckWait, c.claimTTL()) + 250*time.Millisecond
 }
 
 // statementTimeout bounds one short transaction's statements, lock waits aside.

@@ -40,6 +40,7 @@ type Consumer struct {
 	// local holds a channel per claim this process holds, closed when the claim
 	// settles: a duplicate waiting for it needs no database look.
 	local sync.Map // claim id (int64) -> chan struct{}
+	live  *liveness
 	// asyncClaims (test-only) commits claims without waiting for the WAL flush: the
 	// control that shows a database crash then loses credentials.
 	asyncClaims bool
@@ -98,6 +99,7 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 	for _, o := range opts {
 		o(c)
 	}
+	c.live = &liveness{c: c, ttl: cfg.OwnerTTL}
 	return c, nil
 }
 
@@ -148,10 +150,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.log.Error("max-deliveries watch", "error", err)
 		}
 	}()
+	c.live.acquire(ctx)
+	defer c.live.release() // after the drain: claims in flight need the key until then
 	close(c.ready)
 	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "owner", c.owner,
 		"concurrency", c.cfg.Concurrency, "batch_size", c.cfg.BatchSize,
-		"db_max_conns", c.db.DB.Stats().MaxOpenConnections, "claim_ttl", c.cfg.claimTTL())
+		"db_max_conns", c.db.DB.Stats().MaxOpenConnections, "claim_ttl", c.cfg.claimTTL(), "owner_ttl", c.cfg.OwnerTTL, "recovery_time", c.cfg.RecoveryTime())
 
 	var wg sync.WaitGroup
 	loopDone := make(chan struct{})

@@ -25,6 +25,8 @@ func (c *Consumer) RefreshNow(ctx context.Context, key model.Key, requestedAt ti
 	if !ok {
 		return Malformed, fmt.Errorf("unknown service %q", key.Service)
 	}
+	c.live.acquire(ctx)
+	defer c.live.release()
 	j := &job{delivered: 1, req: request{key: key, requestedAt: requestedAt}, prov: prov, start: time.Now(), log: c.log}
 	c.refreshGroup(newGroup(j))
 	return j.outcome, j.err

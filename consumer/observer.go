@@ -17,8 +17,10 @@ type Observer interface {
 	// Discarded is called for a provider answer that was not written, with the reason
 	// (DiscardGrantReplaced, DiscardClaimLost, DiscardDeleted).
 	Discarded(service, reason string)
-	// ClaimTakenOver is called when an attempt takes over an expired claim.
-	ClaimTakenOver(service string)
+	// ClaimTakenOver is called when an attempt takes over another's claim, with why
+	// (TakeoverExpired, TakeoverDeadOwner) and the claim's age: how long ago the token
+	// about to be presented again was presented by the dead attempt.
+	ClaimTakenOver(service, reason string, age time.Duration)
 	// InFlight moves the number of messages being handled by delta.
 	InFlight(delta int)
 }
@@ -28,10 +30,10 @@ func WithObserver(o Observer) Option { return func(c *Consumer) { c.observer = o
 
 type nopObserver struct{}
 
-func (nopObserver) MessageDone(string, Outcome, time.Duration) {}
-func (nopObserver) ProviderCall(string, time.Duration, error)  {}
-func (nopObserver) LockWait(time.Duration)                     {}
-func (nopObserver) Transaction(time.Duration)                  {}
-func (nopObserver) InFlight(int)                               {}
-func (nopObserver) Discarded(string, string)                   {}
-func (nopObserver) ClaimTakenOver(string)                      {}
+func (nopObserver) MessageDone(string, Outcome, time.Duration)   {}
+func (nopObserver) ProviderCall(string, time.Duration, error)    {}
+func (nopObserver) LockWait(time.Duration)                       {}
+func (nopObserver) Transaction(time.Duration)                    {}
+func (nopObserver) InFlight(int)                                 {}
+func (nopObserver) Discarded(string, string)                     {}
+func (nopObserver) ClaimTakenOver(string, string, time.Duration) {}

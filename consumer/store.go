@@ -163,24 +163,23 @@ func (c *Consumer) format(query string, args ...any) string {
 	return c.db.QueryGen().FormatQuery(query, args...)
 }
 
-// claimHolder reads, without locking, which claim holds a credential now and whether
-// it has expired (by the database's clock). claimID is 0 when none does.
-func claimHolder(ctx context.Context, db bun.IDB, id int64) (claimID int64, expired bool, err error) {
-	var held *int64
-	err = db.NewSelect().Model((*model.Credential)(nil)).
-		Column("claim_id").ColumnExpr("coalesce(claim_expires_at <= now(), false)").
-		Where("id = ?", id).
-		Scan(ctx, &held, &expired)
+// claimHolder reads, without locking, the claim on a credential now (nil: the
+// credential is gone).
+func claimHolder(ctx context.Context, db bun.IDB, id int64) (*lockedRow, error) {
+	row := new(lockedRow)
+	err := db.NewSelect().Model(row).
+		Column("c.id", "c.claim_id", "c.claim_owner").
+		ColumnExpr("c.claim_expires_at > now() AS claim_live").
+		ColumnExpr("extract(epoch FROM now() - c.claim_started_at)::float8 AS claim_age").
+		Where("c.id = ?", id).
+		Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("read claim of credential %d: %w", id, err)
+		return nil, fmt.Errorf("read claim of credential %d: %w", id, err)
 	}
-	if held == nil {
-		return 0, false, nil
-	}
-	return *held, expired, nil
+	return row, nil
 }
 
 // retryable tells database errors that may pass (the server restarting, a connection

@@ -12,6 +12,7 @@ import (
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/metrics"
 	"github.com/refresher/refresher/internal/natsconn"
+	"github.com/refresher/refresher/provider"
 )
 
 // httpShutdownTimeout bounds how long a scrape in progress may delay the exit once the
@@ -65,6 +66,9 @@ Unless --http is empty it serves, on that address:
 			}
 			var svc config.Services
 			if err := config.Load(&svc); err != nil {
+				return err
+			}
+			if err := warnRecovery(e, cfg, providers); err != nil {
 				return err
 			}
 			pool := svc.DBMaxConns
@@ -144,4 +148,25 @@ Unless --http is empty it serves, on that address:
 	cmd.Flags().StringVar(&httpAddr, "http", config.DefaultHTTPAddr,
 		`host:port for /metrics, /healthz and /readyz; "" disables (env REFRESHER_HTTP_ADDR)`)
 	return cmd
+}
+
+// warnRecovery says, for each service whose declared reuse interval is shorter than
+// the consumer's crash recovery time, that a process killed between the provider's
+// answer and its commit would cost that credential, and which variables change it.
+func warnRecovery(e *env, cfg consumer.Config, providers map[string]provider.Refresher) error {
+	recovery := cfg.RecoveryTime()
+	for name := range providers {
+		svc, err := config.LoadService(name)
+		if err != nil {
+			return err
+		}
+		if svc.ReuseInterval >= recovery {
+			continue
+		}
+		e.log.Warn("a consumer killed between a provider's answer and its commit loses that credential: recovery is slower than the provider's reuse interval",
+			"service", name, "recovery_time", recovery, "reuse_interval", svc.ReuseInterval,
+			"declare", config.ServicePrefix(name)+"_REUSE_INTERVAL",
+			"shorten", "REFRESHER_ACK_WAIT, REFRESHER_OWNER_TTL")
+	}
+	return nil
 }

@@ -58,7 +58,10 @@ func TestBadConfiguration(t *testing.T) {
 	}{
 		{"concurrency not a number", []string{"consume"}, map[string]string{"REFRESHER_CONCURRENCY": "lots"}, nil, `REFRESHER_CONCURRENCY="lots": not a valid whole number`},
 		{"concurrency zero", []string{"consume"}, map[string]string{"REFRESHER_CONCURRENCY": "0"}, nil, "REFRESHER_CONCURRENCY=0"},
-		{"ack wait below provider timeout", []string{"consume"}, map[string]string{"REFRESHER_ACK_WAIT": "1s"}, nil, "REFRESHER_ACK_WAIT=1s: must exceed REFRESHER_PROVIDER_TIMEOUT"},
+		{"ack wait too short", []string{"consume"}, map[string]string{"REFRESHER_ACK_WAIT": "500ms"}, nil, "REFRESHER_ACK_WAIT=500ms: want at least 1s"},
+		{"owner ttl too short", []string{"consume"}, map[string]string{"REFRESHER_OWNER_TTL": "10ms"}, nil, "REFRESHER_OWNER_TTL=10ms: want at least 1s, or 0 to disable"},
+		{"owner ttl negative", []string{"consume"}, map[string]string{"REFRESHER_OWNER_TTL": "-1s"}, nil, "REFRESHER_OWNER_TTL=-1s"},
+		{"reuse interval not a duration", []string{"consume"}, map[string]string{"REFRESHER_GITHUB_REUSE_INTERVAL": "30"}, nil, "REFRESHER_GITHUB_REUSE_INTERVAL"},
 		{"backoff not durations", []string{"consume"}, map[string]string{"REFRESHER_BACKOFF": "1s,soon"}, nil, "REFRESHER_BACKOFF"},
 		{"no services", []string{"consume"}, nil, []string{"REFRESHER_SERVICES"}, "REFRESHER_SERVICES is not set"},
 		{"bad service name", []string{"consume"}, map[string]string{"REFRESHER_SERVICES": "GitHub"}, nil, "REFRESHER_SERVICES: bad service name"},

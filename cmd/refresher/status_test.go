@@ -51,7 +51,8 @@ func TestStatusJSONFieldNames(t *testing.T) {
 	}
 	stream := []string{"bytes", "exists", "first_time", "last_time", "messages", "name"}
 	for path, want := range map[string][]string{
-		"":             {"consumer", "credentials", "dead_letters", "errors", "generated_at", "stream"},
+		"":             {"connections", "consumer", "credentials", "dead_letters", "errors", "generated_at", "stream"},
+		"connections":  {"by_application", "max_connections", "refresher", "server", "visible"},
 		"stream":       stream,
 		"consumer":     {"ack_pending", "exists", "last_acked", "last_acked_unknown", "last_delivered", "last_delivered_unknown", "name", "pending", "redelivered", "stream", "waiting_pulls"},
 		"dead_letters": append(slices.Clone(stream), "complete", "reason_groups", "scan_limit", "scanned", "top_reasons"),

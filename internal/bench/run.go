@@ -58,12 +58,12 @@ func (t *tally) MessageDone(_ string, o consumer.Outcome, d time.Duration) {
 	}
 }
 
-func (*tally) ProviderCall(string, time.Duration, error) {}
-func (*tally) LockWait(time.Duration)                    {}
-func (*tally) Transaction(time.Duration)                 {}
-func (*tally) InFlight(int)                              {}
-func (*tally) Discarded(string, string)                  {}
-func (*tally) ClaimTakenOver(string)                     {}
+func (*tally) ProviderCall(string, time.Duration, error)    {}
+func (*tally) LockWait(time.Duration)                       {}
+func (*tally) Transaction(time.Duration)                    {}
+func (*tally) InFlight(int)                                 {}
+func (*tally) Discarded(string, string)                     {}
+func (*tally) ClaimTakenOver(string, string, time.Duration) {}
 
 // mean is the mean handling time of messages with outcome o.
 func (t *tally) mean(o consumer.Outcome) time.Duration {

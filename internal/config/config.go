@@ -50,6 +50,9 @@ type Service struct {
 	ClientID     string `envconfig:"CLIENT_ID" required:"true" desc:"OAuth2 client id"`
 	ClientSecret string `envconfig:"CLIENT_SECRET" required:"true" secret:"true" desc:"OAuth2 client secret"`
 	AuthStyle    string `envconfig:"AUTH_STYLE" default:"header" desc:"client authentication: header (HTTP Basic) or params"`
+	// ReuseInterval is declared, not discovered: consume compares it with its crash
+	// recovery time and warns when a crash would outlast it.
+	ReuseInterval time.Duration `envconfig:"REUSE_INTERVAL" default:"0s" desc:"how long the provider still accepts a refresh token it has just replaced (Okta 30s, Auth0 0 unless set); consume warns when its crash recovery time is longer"`
 }
 
 // Publish configures `refresher publish`; flags override it.

@@ -23,8 +23,12 @@
 //	    provider answers not written: grant_replaced (the application stored a
 //	    new grant during the call), claim_lost (the claim expired and another
 //	    attempt took it), deleted (the credential was deleted during the call).
-//	refresher_claims_taken_over_total{service}                   counter
-//	    expired claims of other attempts taken over.
+//	refresher_claims_taken_over_total{service,reason}            counter
+//	    claims of other attempts taken over: expired, or dead_owner (the
+//	    process holding it stopped renewing its liveness key).
+//	refresher_takeover_token_age_seconds{service}                histogram
+//	    at a takeover, how long ago the dead attempt presented the refresh token
+//	    presented again now: compare with the provider's reuse interval.
 //	go_sql_*{db_name="refresher"}                                gauges, counters
 //	    the database pool (WatchDB): open, in use, idle, max, waits.
 //
@@ -77,6 +81,7 @@ type Metrics struct {
 	inFlight   prometheus.Gauge
 	discarded  *prometheus.CounterVec
 	takenOver  *prometheus.CounterVec
+	tokenAge   *prometheus.HistogramVec
 	services   map[string]bool
 	mu         sync.Mutex
 	natsConns  []*nats.Conn
@@ -121,7 +126,12 @@ func New(services ...string) *Metrics {
 		}, []string{"service", "reason"}),
 		takenOver: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refresher_claims_taken_over_total",
-			Help: "Expired claims of other attempts taken over, by service.",
+			Help: "Claims of other attempts taken over, by service and reason (expired, dead_owner).",
+		}, []string{"service", "reason"}),
+		tokenAge: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "refresher_takeover_token_age_seconds",
+			Help:    "At a takeover, how long ago the dead attempt presented the refresh token presented again now.",
+			Buckets: []float64{1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600},
 		}, []string{"service"}),
 		services: map[string]bool{},
 	}
@@ -129,7 +139,7 @@ func New(services ...string) *Metrics {
 		Name: "refresher_nats_reconnects_total",
 		Help: "Reconnections of this process's NATS connections to a server.",
 	}, m.natsReconnects)
-	m.reg.MustRegister(m.messages, m.provider, m.lockWait, m.tx, m.inFlight, m.reconnects, m.discarded, m.takenOver,
+	m.reg.MustRegister(m.messages, m.provider, m.lockWait, m.tx, m.inFlight, m.reconnects, m.discarded, m.takenOver, m.tokenAge,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, s := range services {
@@ -143,7 +153,9 @@ func New(services ...string) *Metrics {
 		for _, r := range []string{consumer.DiscardGrantReplaced, consumer.DiscardClaimLost, consumer.DiscardDeleted} {
 			m.discarded.WithLabelValues(s, r)
 		}
-		m.takenOver.WithLabelValues(s)
+		for _, r := range []string{consumer.TakeoverExpired, consumer.TakeoverDeadOwner} {
+			m.takenOver.WithLabelValues(s, r)
+		}
 	}
 	return m
 }
@@ -206,8 +218,9 @@ func (m *Metrics) Discarded(service, reason string) {
 }
 
 // ClaimTakenOver implements consumer.Observer.
-func (m *Metrics) ClaimTakenOver(service string) {
-	m.takenOver.WithLabelValues(m.service(service)).Inc()
+func (m *Metrics) ClaimTakenOver(service, reason string, age time.Duration) {
+	m.takenOver.WithLabelValues(m.service(service), reason).Inc()
+	m.tokenAge.WithLabelValues(m.service(service)).Observe(age.Seconds())
 }
 
 // InFlight implements consumer.Observer.
