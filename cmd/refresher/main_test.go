@@ -63,7 +63,7 @@ func TestBadConfiguration(t *testing.T) {
 		{"no services", []string{"consume"}, nil, []string{"REFRESHER_SERVICES"}, "REFRESHER_SERVICES is not set"},
 		{"bad service name", []string{"consume"}, map[string]string{"REFRESHER_SERVICES": "GitHub"}, nil, "REFRESHER_SERVICES: bad service name"},
 		{"missing token url", []string{"consume"}, nil, []string{"REFRESHER_GITHUB_TOKEN_URL"}, "REFRESHER_GITHUB_TOKEN_URL is required"},
-		{"bad token url", []string{"consume"}, map[string]string{"REFRESHER_GITHUB_TOKEN_URL": "token-endpoint"}, nil, `REFRESHER_GITHUB_*: token URL "token-endpoint"`},
+		{"bad token url", []string{"consume"}, map[string]string{"REFRESHER_GITHUB_TOKEN_URL": "token-endpoint"}, nil, `REFRESHER_GITHUB_*: token URL token-endpoint`},
 		{"bad auth style", []string{"consume"}, map[string]string{"REFRESHER_GITHUB_AUTH_STYLE": "auto"}, nil, `REFRESHER_GITHUB_AUTH_STYLE="auto"`},
 		{"dashed service", []string{"consume"}, map[string]string{"REFRESHER_SERVICES": "my-svc"}, nil, "REFRESHER_MY_SVC_TOKEN_URL is required"},
 		{"no database url", []string{"migrate"}, nil, []string{"DATABASE_URL"}, "DATABASE_URL is not set"},
@@ -127,7 +127,7 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 		"REFRESHER_ACK_WAIT", "REFRESHER_MAX_DELIVER", "REFRESHER_BACKOFF", "REFRESHER_LOCK_TIMEOUT",
 		"REFRESHER_STREAM_REPLICAS", "REFRESHER_STREAM_MAX_AGE", "72h", "REFRESHER_STREAM_DUPLICATE_WINDOW",
 		"REFRESHER_GITHUB_TOKEN_URL", "REFRESHER_GITHUB_CLIENT_SECRET", "REFRESHER_MY_SVC_AUTH_STYLE",
-		"REFRESHER_LOG_FORMAT", "REFRESHER_PUBLISH_WINDOW", "****", "postgres://app:xxxxx@db:5432/app",
+		"REFRESHER_LOG_FORMAT", "REFRESHER_PUBLISH_WINDOW", "****", "postgres://app:****@db:5432/app",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("config output lacks %q", want)
