@@ -27,3 +27,11 @@ func parseURL(raw string) (*pgx.ConnConfig, error) {
 // RedactURL hides the secrets of a URL or connection string so it can be logged or
 // printed: see redact.URL, the one rule every printed URL goes through.
 func RedactURL(raw string) string { return redact.URL(raw) }
+
+// CheckURL reports whether raw is a PostgreSQL URL or keyword/value connection string
+// that can be used to connect; its error names DATABASE_URL and shows the value only
+// through RedactURL.
+func CheckURL(raw string) error {
+	_, err := parseURL(raw)
+	return err
+}

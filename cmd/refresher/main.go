@@ -63,7 +63,11 @@ Configuration comes from the environment: run "refresher config" to see every va
 			}
 			log, err := logging.New(stderr, lc.Format, lc.Level)
 			if err != nil {
-				return &config.Error{Err: err}
+				if cmd.Name() != "config" {
+					return &config.Error{Err: err}
+				}
+				// config shows the whole table and reports the bad value with the others.
+				log = slog.New(slog.NewTextHandler(stderr, nil))
 			}
 			e.log = log
 			return nil

@@ -77,7 +77,21 @@ func TestBadConfiguration(t *testing.T) {
 		{"bad ids flag", []string{"publish", "--service", "github", "--ids", "1,x"}, nil, nil, `--ids: id "x"`},
 		{"missing service flag", []string{"publish"}, nil, nil, `required flag(s) "service"`},
 		{"unknown flag", []string{"consume", "--fast"}, nil, nil, "unknown flag: --fast"},
-		{"bad concurrency flag", []string{"consume", "--concurrency", "0"}, nil, nil, "REFRESHER_CONCURRENCY=0"},
+		{"bad concurrency flag", []string{"consume", "--concurrency", "0"}, nil, nil, "--concurrency 0: want 1 to 4096"},
+		{"concurrency flag above max ack pending", []string{"consume", "--concurrency", "64"}, map[string]string{"REFRESHER_MAX_ACK_PENDING": "32"}, nil, "want at least --concurrency (64)"},
+		{"nats url port not a number", []string{"publish", "--service", "github"}, map[string]string{"NATS_URL": "nats://h:notaport"}, nil, `NATS_URL=nats://h:notaport: port "notaport"`},
+		{"nats url no scheme", []string{"publish", "--service", "github"}, map[string]string{"NATS_URL": "://x"}, nil, "NATS_URL=://x: scheme"},
+		{"nats url not a url", []string{"publish", "--service", "github"}, map[string]string{"NATS_URL": "garbage"}, nil, "NATS_URL=garbage: not a URL"},
+		{"nats url blank", []string{"consume"}, map[string]string{"NATS_URL": " "}, nil, `NATS_URL=" ": empty`},
+		{"nats url empty entries", []string{"consume"}, map[string]string{"NATS_URL": ","}, nil, "NATS_URL=,: an empty entry"},
+		{"nats url empty entry after a good one", []string{"status"}, map[string]string{"NATS_URL": "nats://u:hunter2@127.0.0.1:1,"}, nil, "NATS_URL=nats://u:****@127.0.0.1:1,: an empty entry"},
+		{"nats url bad second entry", []string{"dlq", "list"}, map[string]string{"NATS_URL": "nats://127.0.0.1:1,tls://u:hunter2@h:99999"}, nil, `tls://u:****@h:99999: port "99999"`},
+		{"empty ids flag", []string{"publish", "--service", "github", "--ids", ""}, nil, nil, "--ids is empty"},
+		{"blank ids flag", []string{"publish", "--service", "github", "--ids", " "}, nil, nil, "--ids is empty"},
+		{"config with a value that does not parse", []string{"config"}, map[string]string{"REFRESHER_CONCURRENCY": "abc"}, nil, `REFRESHER_CONCURRENCY="abc": not a valid whole number`},
+		{"config with a value out of range", []string{"config"}, map[string]string{"REFRESHER_CONCURRENCY": "0"}, nil, "REFRESHER_CONCURRENCY=0: want 1 to 4096"},
+		{"config with a bad nats url", []string{"config"}, map[string]string{"NATS_URL": "garbage"}, nil, "NATS_URL=garbage"},
+		{"config with a bad database url", []string{"config"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@h:notaport/db"}, nil, "DATABASE_URL postgres://u:****@h:notaport/db"},
 		{"bad encryption keys", []string{"seed", "--service", "github", "--count", "1"}, map[string]string{"REFRESHER_ENCRYPTION_KEYS": "k1:short"}, nil, `bad REFRESHER_ENCRYPTION_KEYS: key "k1"`},
 		{"rekey without keys", []string{"rekey"}, nil, []string{"REFRESHER_ENCRYPTION_KEYS"}, "REFRESHER_ENCRYPTION_KEYS is not set"},
 		{"pool too small", []string{"consume"}, map[string]string{"REFRESHER_DB_MAX_CONNS": "8"}, nil, "REFRESHER_DB_MAX_CONNS=8: the pool must exceed the 8 transactions"},
@@ -95,7 +109,11 @@ func TestBadConfiguration(t *testing.T) {
 			for _, k := range tt.unset {
 				t.Setenv(k, "")
 			}
-			code, _, stderr := runCLI(t, tt.args...)
+			code, stdout, stderr := runCLI(t, tt.args...)
+			if tt.args[0] == "config" {
+				// config writes its table, and the problems under it, to stdout.
+				stderr += stdout
+			}
 			if code != 2 {
 				t.Fatalf("exit %d, want 2; stderr %q", code, stderr)
 			}
@@ -118,6 +136,11 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 	t.Setenv("REFRESHER_GITHUB_CLIENT_SECRET", "s3cr3t-value")
 	t.Setenv("DATABASE_URL", "postgres://app:hunter2@db:5432/app")
 	t.Setenv("REFRESHER_CONCURRENCY", "12")
+	for _, svc := range []string{"GITHUB", "MY_SVC"} {
+		t.Setenv("REFRESHER_"+svc+"_TOKEN_URL", "https://idp.example/token")
+		t.Setenv("REFRESHER_"+svc+"_CLIENT_ID", "id")
+	}
+	t.Setenv("REFRESHER_MY_SVC_CLIENT_SECRET", "s3cr3t-value")
 	code, out, stderr := runCLI(t, "config")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -138,14 +161,42 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 	}
 }
 
-// TestPublishWithNATSUnreachable: publish exits non-zero and says nothing was
-// published when NATS cannot be reached.
+// TestPublishWithNATSUnreachable: publish exits 1 (not 2: the configuration may be
+// right and the server down) and says NATS was unreachable and nothing was published.
 func TestPublishWithNATSUnreachable(t *testing.T) {
 	_, url := pgtest.NewDB(t)
 	t.Setenv("DATABASE_URL", url)
 	t.Setenv("NATS_URL", "nats://127.0.0.1:1")
 	code, _, stderr := runCLI(t, "publish", "--service", "github")
-	if code != 1 || !strings.Contains(stderr, "nothing was published") {
+	if code != 1 || !strings.Contains(stderr, "nothing was published") || !strings.Contains(stderr, "unreachable: no server answered at NATS_URL") {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
+}
+
+// TestDatabaseUnreachable: a DATABASE_URL nobody answers at is exit 1 with an error
+// that names the variable and says "unreachable", unlike a configuration error (exit
+// 2) or a server that answers and refuses.
+func TestDatabaseUnreachable(t *testing.T) {
+	for _, tc := range []struct{ name, url, want string }{
+		{"url", "postgres://u:hunter2@127.0.0.1:1/x?sslmode=disable", "DATABASE_URL: PostgreSQL at postgres://u:****@127.0.0.1:1/x?sslmode=disable is unreachable"},
+		{"keyword form", "host=127.0.0.1 port=1 user=u password=hunter2 dbname=x", "DATABASE_URL: PostgreSQL at host=127.0.0.1 port=1 user=u password=**** dbname=x is unreachable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("DATABASE_URL", tc.url)
+			for _, args := range [][]string{{"migrate"}, {"seed", "--service", "github", "--count", "1"}, {"status"}} {
+				code, _, stderr := runCLI(t, args...)
+				if code != 1 || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "hunter2") {
+					t.Errorf("%v: exit %d, stderr %q; want exit 1 and %q", args, code, stderr, tc.want)
+				}
+			}
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		_, url := pgtest.NewDB(t)
+		t.Setenv("DATABASE_URL", "postgres://no_such_role_x:hunter2@"+url[strings.Index(url, "@")+1:])
+		code, _, stderr := runCLI(t, "migrate")
+		if code != 1 || strings.Contains(stderr, "unreachable") || !strings.Contains(stderr, "DATABASE_URL: connect to PostgreSQL") {
+			t.Errorf("exit %d, stderr %q", code, stderr)
+		}
+	})
 }

@@ -46,6 +46,10 @@ REFRESHER_STREAM_DUPLICATE_WINDOW.`,
 			if err := model.ValidateService(service); err != nil {
 				return usageError{fmt.Errorf("--service: %w", err)}
 			}
+			if cmd.Flags().Changed("ids") && strings.TrimSpace(ids) == "" {
+				// An empty shell variable must not widen the run to every credential.
+				return usageError{errors.New("--ids is empty: give ids like --ids 1,2,3, or leave --ids out to publish every active credential")}
+			}
 			idList, err := parseIDs(ids)
 			if err != nil {
 				return usageError{fmt.Errorf("--ids: %w", err)}

@@ -191,14 +191,14 @@ func DatabaseURL() (string, error) {
 	return c.DatabaseURL, nil
 }
 
-// NATSURL returns NATS_URL (or its default).
+// NATSURL returns NATS_URL (or its default), checked by ValidateNATSURL.
 func NATSURL() (string, error) {
 	var c Connections
 	if err := Load(&c); err != nil {
 		return "", err
 	}
-	if c.NATSURL == "" {
-		return "", Errorf("NATS_URL is empty")
+	if err := ValidateNATSURL(c.NATSURL); err != nil {
+		return "", err
 	}
 	return c.NATSURL, nil
 }

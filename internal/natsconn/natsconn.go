@@ -179,6 +179,8 @@ func dialError(urls string, auth config.NATS, err error) error {
 		hint = "; the server refused the TLS client: if it verifies clients, set NATS_TLS_CERT and NATS_TLS_KEY"
 	case clientRefused(err):
 		hint = "; the server refused the TLS client: is NATS_TLS_CERT " + auth.TLSCert + " signed by a CA the server trusts?"
+	case errors.Is(err, nats.ErrNoServers):
+		hint = "; unreachable: no server answered at NATS_URL (is it running, and are host and port right?)"
 	}
 	return fmt.Errorf("connect to NATS at %s%s: %w%s", redactURLs(urls), as, scrub(err, urls), hint)
 }
