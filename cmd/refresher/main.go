@@ -70,6 +70,9 @@ Configuration comes from the environment: run "refresher config" to see every va
 				log = slog.New(slog.NewTextHandler(stderr, nil))
 			}
 			e.log = log
+			// Packages that log without being handed a logger (publisher.EnsureStreams,
+			// called by consume and publish) log here too.
+			slog.SetDefault(log)
 			return nil
 		},
 	}
@@ -80,7 +83,7 @@ Configuration comes from the environment: run "refresher config" to see every va
 	root.AddCommand(
 		migrateCmd(e), seedCmd(e), publishCmd(e), consumeCmd(e), configCmd(e),
 		fakeProviderCmd(e), demoCmd(e), verifyCmd(e),
-		replayCmd(e), dlqCmd(e), statusCmd(e), benchCmd(e), rekeyCmd(e),
+		replayCmd(e), dlqCmd(e), statusCmd(e), benchCmd(e), rekeyCmd(e), streamsCmd(e),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
