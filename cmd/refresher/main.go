@@ -76,6 +76,8 @@ Configuration comes from the environment: run "refresher config" to see every va
 			return nil
 		},
 	}
+	root.Version = version()
+	root.SetVersionTemplate(versionTemplate)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)

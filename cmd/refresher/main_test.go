@@ -200,3 +200,15 @@ func TestDatabaseUnreachable(t *testing.T) {
 		}
 	})
 }
+
+// TestVersion: --version prints the module version, the VCS revision (or says it is
+// unknown) and the Go release, from the binary's build information.
+func TestVersion(t *testing.T) {
+	code, out, stderr := runCLI(t, "--version")
+	if code != 0 || !strings.HasPrefix(out, "refresher ") || !strings.Contains(out, "revision ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("--version: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if strings.Count(out, "\n") != 1 {
+		t.Fatalf("--version printed %q, want one line", out)
+	}
+}
