@@ -212,3 +212,14 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("--version printed %q, want one line", out)
 	}
 }
+
+// TestExamples: the commands an operator starts with show examples in their help.
+func TestExamples(t *testing.T) {
+	for _, cmd := range []string{"migrate", "seed", "status", "verify", "config", "streams apply", "streams diff"} {
+		args := append(strings.Fields(cmd), "--help")
+		code, out, _ := runCLI(t, args...)
+		if code != 0 || !strings.Contains(out, "Examples:\n  refresher ") {
+			t.Errorf("%s --help: exit %d, no examples:\n%s", cmd, code, out)
+		}
+	}
+}

@@ -29,6 +29,9 @@ func statusCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [--json] [--expiring-within 30m]",
 		Short: "Print one snapshot of the fleet: stream, consumer backlog, dead letters, credentials",
+		Example: `  refresher status
+  refresher status --expiring-within 2h --dlq-scan 5000
+  refresher status --json | jq .consumer.pending`,
 		Long: `Print one snapshot an operator reads to know whether the fleet keeps up:
 
   stream REFRESH      messages kept for replay, bytes, first and last message time
