@@ -17,6 +17,7 @@ import (
 
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/logging"
+	"github.com/refresher/refresher/internal/progress"
 )
 
 func main() {
@@ -61,7 +62,9 @@ Configuration comes from the environment: run "refresher config" to see every va
 			if err := config.Load(&lc); err != nil {
 				return err
 			}
-			log, err := logging.New(stderr, lc.Format, lc.Level)
+			// Through progress.Under: a log line erases a progress line drawn on stderr
+			// first, instead of being written onto its end.
+			log, err := logging.New(progress.Under(stderr), lc.Format, lc.Level)
 			if err != nil {
 				if cmd.Name() != "config" {
 					return &config.Error{Err: err}
