@@ -57,6 +57,18 @@ func TestStreamSettingsAreTheFleets(t *testing.T) {
 	if got := maxAge(); got != 72*time.Hour {
 		t.Fatalf("publish changed REFRESH's max age to %s", got)
 	}
+	t.Setenv("REFRESHER_HTTP_ADDR", "")
+	c := startCLI(t, "consume")
+	fleettest.Eventually(t, 30*time.Second, "consume bound", func() bool { return strings.Contains(c.stderr.String(), "consuming") })
+	if code := c.stop(t); code != 0 {
+		t.Fatalf("consume: exit %d: %s", code, c.stderr.String())
+	}
+	if !strings.Contains(c.stderr.String(), "setting=max_age stream_value=72h0m0s configured=1h0m0s") {
+		t.Errorf("consume's log lacks the warning: %s", c.stderr.String())
+	}
+	if got := maxAge(); got != 72*time.Hour {
+		t.Fatalf("consume changed REFRESH's max age to %s", got)
+	}
 
 	for _, tc := range []struct {
 		args   []string
