@@ -91,6 +91,8 @@ func TestBadConfiguration(t *testing.T) {
 		{"blank ids flag", []string{"publish", "--service", "github", "--ids", " "}, nil, nil, "--ids is empty"},
 		{"config with a value that does not parse", []string{"config"}, map[string]string{"REFRESHER_CONCURRENCY": "abc"}, nil, `REFRESHER_CONCURRENCY="abc": not a valid whole number`},
 		{"config with a value out of range", []string{"config"}, map[string]string{"REFRESHER_CONCURRENCY": "0"}, nil, "REFRESHER_CONCURRENCY=0: want 1 to 4096"},
+		{"config marks the variable in the table", []string{"config"}, map[string]string{"REFRESHER_CONCURRENCY": "0"}, nil, "0 (invalid, see below)"},
+		{"config marks a value that does not parse", []string{"config"}, map[string]string{"REFRESHER_CONCURRENCY": "abc"}, nil, "abc (invalid: not a valid whole number)"},
 		{"config with a bad nats url", []string{"config"}, map[string]string{"NATS_URL": "garbage"}, nil, "NATS_URL=garbage"},
 		{"config with a bad database url", []string{"config"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@h:notaport/db"}, nil, "DATABASE_URL postgres://u:****@h:notaport/db"},
 		{"bad encryption keys", []string{"seed", "--service", "github", "--count", "1"}, map[string]string{"REFRESHER_ENCRYPTION_KEYS": "k1:short"}, nil, `bad REFRESHER_ENCRYPTION_KEYS: key "k1"`},

@@ -160,11 +160,35 @@ func checkType(t reflect.Type, val string) error {
 // check them (ranges, combinations, files, URLs), without connecting anywhere. Print
 // returns an *Error listing every problem found, after writing the whole table.
 func Print(w io.Writer) error {
+	vars := AllVars()
+	var problems []string
+	bad := map[string]string{} // variable -> why, for the table
+	for _, v := range vars {
+		if err := v.Check(); err != nil {
+			problems = append(problems, v.Key+"="+quoteShown(v)+": "+err.Error())
+			bad[v.Key] = "invalid: " + err.Error()
+		}
+	}
+	for _, err := range checkAll() {
+		msg := err.Error()
+		if e, ok := err.(*Error); ok {
+			msg = e.Err.Error()
+		}
+		key := leadingKey(msg)
+		if _, seen := bad[key]; seen && strings.HasPrefix(bad[key], "invalid: not a valid") {
+			continue // already reported as not parsing
+		}
+		problems = append(problems, msg)
+		if key != "" {
+			if _, seen := bad[key]; !seen {
+				bad[key] = "invalid, see below"
+			}
+		}
+	}
+
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tCURRENT\tDESCRIPTION")
-	var problems []string
-	bad := map[string]bool{}
-	for _, v := range AllVars() {
+	for _, v := range vars {
 		def := v.Default
 		if v.Required {
 			def = "(required)"
@@ -172,25 +196,13 @@ func Print(w io.Writer) error {
 			def = "-"
 		}
 		shown := v.Shown()
-		if err := v.Check(); err != nil {
-			shown += " (invalid: " + err.Error() + ")"
-			problems = append(problems, v.Key+"="+quoteShown(v)+": "+err.Error())
-			bad[v.Key] = true
+		if why, ok := bad[v.Key]; ok {
+			shown += " (" + why + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Key, def, shown, v.Desc)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
-	}
-	for _, err := range checkAll() {
-		msg := err.Error()
-		if e, ok := err.(*Error); ok {
-			msg = e.Err.Error()
-		}
-		if key, _, _ := strings.Cut(msg, "="); bad[key] {
-			continue // already reported as not parsing
-		}
-		problems = append(problems, msg)
 	}
 	if len(problems) == 0 {
 		return nil
@@ -202,6 +214,16 @@ func Print(w io.Writer) error {
 		return Errorf("%s", problems[0])
 	}
 	return Errorf("%d settings are invalid (listed above)", len(problems))
+}
+
+// leadingKey is the variable an error message starts with (NAME=value: ..., NAME is
+// ..., NAME: ...), or "".
+func leadingKey(msg string) string {
+	end := strings.IndexFunc(msg, func(r rune) bool { return !(r == '_' || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9')) })
+	if end <= 0 {
+		return ""
+	}
+	return msg[:end]
 }
 
 func quoteShown(v Var) string {
