@@ -156,7 +156,20 @@ func redactKeywords(raw string) string {
 // in raw. A part with no "://" continues the previous part's query when one was open
 // (a comma in a parameter value), else it is a URL without a scheme (host:port).
 func redactURLs(raw string) string {
-	parts := strings.Split(raw, ",")
+	var parts []string
+	for _, p := range strings.Split(raw, ",") {
+		// A comma in a password (nats://u:pa,ss@host): the part after it has an '@'
+		// but no scheme, and the part before it a scheme but no '@' yet. Keep them one
+		// URL, so that the whole password is masked.
+		if n := len(parts); n > 0 && !strings.Contains(p, "://") && strings.Contains(p, "@") {
+			prev := parts[n-1]
+			if k := strings.Index(prev, "://"); k >= 0 && !strings.ContainsAny(prev[k+3:], "@/?#") {
+				parts[n-1] = prev + "," + p
+				continue
+			}
+		}
+		parts = append(parts, p)
+	}
 	inQuery, inSecret := false, false
 	for i, p := range parts {
 		if inQuery && !strings.Contains(p, "://") {
@@ -193,9 +206,9 @@ func redactURL(p string, keepUser bool) (out string, inQuery, inSecret bool) {
 	auth := p[authStart:authEnd]
 	if at := strings.LastIndex(auth, "@"); at >= 0 {
 		user := auth[:at]
-		if c := strings.IndexAny(user, ":/?#"); c >= 0 {
+		if c := strings.Index(user, ":"); c >= 0 && !strings.ContainsAny(user[:c], "/?#") {
 			user = user[:c] + ":" + Mask
-		} else if !keepUser || user == "" {
+		} else if !keepUser || user == "" || strings.ContainsAny(user, "/?#") {
 			user = Mask
 		}
 		auth = user + auth[at:]

@@ -1,6 +1,7 @@
 package redact
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -28,6 +29,9 @@ func TestURL(t *testing.T) {
 		{"nats://admin:PW@127.0.0.1:4222", "nats://admin:****@127.0.0.1:4222", []string{"PW"}},
 		{"nats://T0KEN@h:4222,nats://u:PW@h2:4222", "nats://****@h:4222,nats://u:****@h2:4222", []string{"T0KEN", "PW"}},
 		{"T0KEN@h:4222", "****@h:4222", []string{"T0KEN"}},
+		{"nats://u:pa,ss@h:4222,nats://h2:4222", "nats://u:****@h:4222,nats://h2:4222", []string{"pa", ",ss"}},
+		{"nats://h1:4222,nats://T0K,EN@h2:4222", "nats://h1:4222,nats://****@h2:4222", []string{"T0K", "EN@"}},
+		{"h1:4222,h2:4222", "h1:4222,h2:4222", nil},
 		{"http://u:PW@host/token?key=K3y&client_secret=S3c&access_token=T0k&x=1#id_token=F", "http://u:****@host/token?key=****&client_secret=****&access_token=****&x=1#id_token=****", []string{"PW", "K3y", "S3c", "T0k", "=F"}},
 		{"http://host/token?pass%77ord=P4ss", "http://host/token?pass%77ord=****", []string{"P4ss"}},
 		{"http://host/t?api_key=K3y", "http://host/t?api_key=****", []string{"K3y"}},
@@ -42,6 +46,38 @@ func TestURL(t *testing.T) {
 		for _, s := range tc.secrets {
 			if strings.Contains(got, s) {
 				t.Errorf("URL(%q) = %q shows %q", tc.in, got, s)
+			}
+		}
+	}
+}
+
+// TestURLHidesAnyPassword: whatever characters a password holds, percent-encoded or
+// not, it never shows in the user info, keyword or query forms.
+func TestURLHidesAnyPassword(t *testing.T) {
+	specials := []string{":", "/", "?", "#", "@", ",", "=", "%", " ", "'", "\\", "&", ";", "[", "]"}
+	for _, sp := range specials {
+		pw := "Pw0" + sp + "Xq9"
+		var forms []string
+		for _, scheme := range []string{"postgres", "nats", "https"} {
+			forms = append(forms,
+				scheme+"://user:"+pw+"@host:1/db?sslmode=disable",
+				scheme+"://user:"+url.QueryEscape(pw)+"@host:1/db")
+			if scheme != "postgres" && sp != ":" { // postgres: user info without a colon is the role name; with one, it is user:password
+				forms = append(forms, scheme+"://"+pw+"@host:1", scheme+"://"+url.QueryEscape(pw)+"@host:1")
+			}
+		}
+		forms = append(forms,
+			"host=h user=u password='"+strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(pw)+"' dbname=d",
+			"postgres://u@h/db?password="+url.QueryEscape(pw)+"&sslmode=disable")
+		if !strings.ContainsAny(sp, "&;#, ") {
+			forms = append(forms, "host=h password="+pw+" dbname=d", "postgres://u@h/db?password="+pw)
+		}
+		for _, in := range forms {
+			out := URL(in)
+			for _, part := range []string{"Pw0", "Xq9"} {
+				if strings.Contains(out, part) {
+					t.Errorf("URL(%q) = %q shows %q", in, out, part)
+				}
 			}
 		}
 	}
