@@ -226,3 +226,19 @@ func TestExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpStatesDefaultsOnce: no flag's help line carries two defaults (bench's
+// depend on --quick, so its usage states both and pflag must not add its own).
+func TestHelpStatesDefaultsOnce(t *testing.T) {
+	for _, cmd := range []string{"bench", "publish", "consume", "status", "replay", "dlq replay", "seed"} {
+		code, out, _ := runCLI(t, append(strings.Fields(cmd), "--help")...)
+		if code != 0 {
+			t.Fatalf("%s --help: exit %d", cmd, code)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Count(l, "default") > 1 {
+				t.Errorf("%s --help: %q states a default twice", cmd, strings.TrimSpace(l))
+			}
+		}
+	}
+}
