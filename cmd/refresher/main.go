@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -43,6 +44,15 @@ type env struct {
 // configuration or usage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr}
+	// The default logger is this run's while it lasts (see PersistentPreRunE), and the
+	// one before afterwards: run is called many times in one test process. SetDefault
+	// also redirects the log package, which it does not undo itself.
+	prevLog, prevOut, prevFlags := slog.Default(), log.Writer(), log.Flags()
+	defer func() {
+		slog.SetDefault(prevLog)
+		log.SetOutput(prevOut)
+		log.SetFlags(prevFlags)
+	}()
 	root := &cobra.Command{
 		Use:   "refresher",
 		Short: "Refresh OAuth credentials in PostgreSQL through NATS JetStream, one locked row per message",

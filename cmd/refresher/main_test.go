@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/internal/pgtest"
 )
 
@@ -15,7 +15,9 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // runCLI runs one command line in-process and returns its exit code and output.
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var stdout, stderr bytes.Buffer
+	// SyncBuffers: while run lasts, slog's default logger writes to stderr, and other
+	// goroutines of the test (a fleettest consumer) may log through it.
+	var stdout, stderr fleettest.SyncBuffer
 	code := run(context.Background(), args, &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
 }
