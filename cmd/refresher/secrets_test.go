@@ -36,6 +36,8 @@ var plantedCommands = [][]string{
 	{"dlq", "replay", "--since", "1h", "--dry-run"},
 	{"dlq", "purge"},
 	{"rekey"},
+	{"streams", "diff"},
+	{"streams", "apply", "--dry-run"},
 }
 
 // slowCommands start servers of their own when DATABASE_URL works; they are run only
@@ -214,14 +216,14 @@ func TestNoSecretInAnyOutput(t *testing.T) {
 					}
 				}
 			}
-			cmds := plantedCommands
+			cmds := append(append([][]string{}, plantedCommands...), []string{"verify", "--provider", fpURL})
 			if sc.set["DATABASE_URL"] != "" && !sc.works {
 				cmds = append(append([][]string{}, cmds...), slowCommands...)
 			}
 			for _, args := range cmds {
 				code, stdout, stderr := runCLI(t, args...)
 				check(args, stdout+stderr)
-				if sc.works && code != 0 && args[0] != "rekey" {
+				if sc.works && code != 0 && args[0] != "rekey" && args[0] != "verify" {
 					t.Errorf("%v: exit %d with working values:\n%s%s", args, code, stdout, stderr)
 				}
 				if !sc.works && code == 0 && args[0] != "config" && args[0] != "status" {
