@@ -88,6 +88,8 @@ func TestBadConfiguration(t *testing.T) {
 		{"nats url blank", []string{"consume"}, map[string]string{"NATS_URL": " "}, nil, `NATS_URL=" ": empty`},
 		{"nats url empty entries", []string{"consume"}, map[string]string{"NATS_URL": ","}, nil, "NATS_URL=,: an empty entry"},
 		{"nats url empty entry after a good one", []string{"status"}, map[string]string{"NATS_URL": "nats://u:hunter2@127.0.0.1:1,"}, nil, "NATS_URL=nats://u:****@127.0.0.1:1,: an empty entry"},
+		{"nats url comma in the password", []string{"consume"}, map[string]string{"NATS_URL": "nats://u:hunter2,x@127.0.0.1:4222"}, nil, "NATS_URL=nats://u:****@127.0.0.1:4222: a comma in the user info"},
+		{"nats url comma in the password, second entry", []string{"consume"}, map[string]string{"NATS_URL": "nats://h1:4222,nats://u:hunter2,x@h2:4222"}, nil, "nats://u:****@h2:4222: a comma in the user info"},
 		{"nats url bad second entry", []string{"dlq", "list"}, map[string]string{"NATS_URL": "nats://127.0.0.1:1,tls://u:hunter2@h:99999"}, nil, `tls://u:****@h:99999: port "99999"`},
 		{"empty ids flag", []string{"publish", "--service", "github", "--ids", ""}, nil, nil, "--ids is empty"},
 		{"blank ids flag", []string{"publish", "--service", "github", "--ids", " "}, nil, nil, "--ids is empty"},

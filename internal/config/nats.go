@@ -220,7 +220,7 @@ func ValidateNATSURL(urls string) error {
 		return Errorf("NATS_URL=%q: empty; give the server's URL, like nats://127.0.0.1:4222", urls)
 	}
 	shown := redact.URL(urls)
-	parts := strings.Split(urls, ",")
+	parts := redact.SplitURLs(urls)
 	for _, p := range parts {
 		p = strings.TrimSpace(p)
 		if p == "" {
@@ -246,6 +246,10 @@ func checkNATSURL(p string) error {
 	}
 	// The host and port follow the user info (up to the last '@') and end at the path.
 	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		if strings.Contains(rest[:at], ",") {
+			// The client splits the list at every comma.
+			return errors.New("a comma in the user info: percent-encode it as %2C")
+		}
 		rest = rest[at+1:]
 	}
 	if k := strings.IndexAny(rest, "/?#"); k >= 0 {

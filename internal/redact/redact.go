@@ -156,20 +156,7 @@ func redactKeywords(raw string) string {
 // in raw. A part with no "://" continues the previous part's query when one was open
 // (a comma in a parameter value), else it is a URL without a scheme (host:port).
 func redactURLs(raw string) string {
-	var parts []string
-	for _, p := range strings.Split(raw, ",") {
-		// A comma in a password (nats://u:pa,ss@host): the part after it has an '@'
-		// but no scheme, and the part before it a scheme but no '@' yet. Keep them one
-		// URL, so that the whole password is masked.
-		if n := len(parts); n > 0 && !strings.Contains(p, "://") && strings.Contains(p, "@") {
-			prev := parts[n-1]
-			if k := strings.Index(prev, "://"); k >= 0 && !strings.ContainsAny(prev[k+3:], "@/?#") {
-				parts[n-1] = prev + "," + p
-				continue
-			}
-		}
-		parts = append(parts, p)
-	}
+	parts := SplitURLs(raw)
 	inQuery, inSecret := false, false
 	for i, p := range parts {
 		if inQuery && !strings.Contains(p, "://") {
@@ -305,4 +292,24 @@ func unhex(c byte) byte {
 func queryBefore(s string) bool {
 	q := strings.IndexAny(s, "?#")
 	return q >= 0 && strings.Contains(s[q:], "=")
+}
+
+// SplitURLs splits a comma-separated list of URLs, keeping a comma that is in a
+// password (nats://u:pa,ss@host) inside its URL: the part after such a comma has an
+// '@' but no scheme, and the part before it a scheme and no '@', path, query or
+// fragment yet. Validators use it so that their messages never quote half a password
+// as a host or port.
+func SplitURLs(raw string) []string {
+	var parts []string
+	for _, p := range strings.Split(raw, ",") {
+		if n := len(parts); n > 0 && !strings.Contains(p, "://") && strings.Contains(p, "@") {
+			prev := parts[n-1]
+			if k := strings.Index(prev, "://"); k >= 0 && !strings.ContainsAny(prev[k+3:], "@/?#") {
+				parts[n-1] = prev + "," + p
+				continue
+			}
+		}
+		parts = append(parts, p)
+	}
+	return parts
 }
