@@ -28,8 +28,9 @@ const (
 // listener), REFRESH_DLQ keeps one.
 func DeadLetterID(seq uint64) string { return "dlq-" + strconv.FormatUint(seq, 10) }
 
-// DeadLetterMsg builds the REFRESH_DLQ copy of a request: same body and headers, the
-// subject prefixed with "dlq.", and why it died.
+// DeadLetterMsg builds the REFRESH_DLQ copy of a request: same headers, the subject
+// prefixed with "dlq.", why it died, and the body, cut to publisher.DeadLetterBodyBytes
+// (with its size in publisher.HeaderBodyTruncated) when longer.
 func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, deliveries, seq uint64) *nats.Msg {
 	dl := nats.NewMsg(publisher.DLQPrefix + subject)
 	for k, vs := range hdr {
@@ -46,6 +47,10 @@ func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, 
 	dl.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
 	dl.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
 	dl.Header.Set(HeaderDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
+	if len(data) > publisher.DeadLetterBodyBytes {
+		dl.Header.Set(publisher.HeaderBodyTruncated, strconv.Itoa(len(data)))
+		data = data[:publisher.DeadLetterBodyBytes]
+	}
 	dl.Data = data
 	return dl
 }

@@ -96,11 +96,10 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	}
 	j.meta, j.delivered = meta, meta.NumDelivered
 	j.log = c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
-	header, hasHeader := "", false
-	if vals := msg.Headers().Values(model.HeaderRequestedAt); len(vals) > 0 {
-		header, hasHeader = vals[0], true
+	header, hasHeader, err := model.RequestedAtHeader(msg.Headers().Values(model.HeaderRequestedAt))
+	if err == nil {
+		j.req, err = parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
 	}
-	j.req, err = parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
 	if err == nil {
 		if j.prov, ok = c.providers[j.req.key.Service]; !ok {
 			err = fmt.Errorf("unknown service %q", j.req.key.Service)

@@ -3,10 +3,13 @@ package model
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
@@ -45,9 +48,24 @@ func Open(ctx context.Context, url string, maxConns int) (*bun.DB, error) {
 	defer cancel()
 	if err := db.PingContext(pingCtx); err != nil {
 		db.Close()
+		if Unreachable(err) {
+			return nil, fmt.Errorf("PostgreSQL at %s is unreachable (nothing answered there; is the server running, and are host and port right?): %w", RedactURL(url), err)
+		}
 		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w", RedactURL(url), err)
 	}
 	return db, nil
+}
+
+// Unreachable reports whether err from connecting means no server answered (refused,
+// timed out, unknown host), as opposed to a server that answered and refused.
+func Unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return false
+	}
+	var netErr net.Error
+	var dnsErr *net.DNSError
+	return errors.As(err, &netErr) || errors.As(err, &dnsErr) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // Stats exposes pool statistics (used by health checks and tests).

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -70,8 +72,14 @@ func describeJSONError(err error) string {
 	switch {
 	case errors.As(err, &syn):
 		return fmt.Sprintf("invalid JSON at byte %d", syn.Offset)
+	case errors.As(err, &typ) && typ.Field == "":
+		// The body itself is not an object ([] or "x"): no Go type names.
+		return fmt.Sprintf("want a JSON object like {\"reason\": \"...\"}, not a JSON %s", typ.Value)
 	case errors.As(err, &typ):
-		return fmt.Sprintf("field %q has the wrong type (want %s)", typ.Field, typ.Type)
+		return fmt.Sprintf("field %q has the wrong type (want %s)", typ.Field, jsonType(typ.Type.Kind()))
+	case strings.Contains(err.Error(), "Time.UnmarshalJSON") || strings.Contains(err.Error(), "parsing time"):
+		// The only time field; the time package's own words name Go types.
+		return `field "requested_at" is not an RFC 3339 time string`
 	default:
 		msg := err.Error()
 		if len(msg) > 120 {
@@ -91,7 +99,25 @@ func ParseRequestedAt(v string) (time.Time, error) {
 		}
 		return time.Time{}, fmt.Errorf("%w %s %q: want RFC 3339", ErrBadHeader, HeaderRequestedAt, shown)
 	}
+	if t.IsZero() {
+		// As in the body: a request "made at the beginning of time" is satisfied by any
+		// refresh ever made, so it would never refresh anything.
+		return time.Time{}, fmt.Errorf("%w %s %q: the zero time", ErrBadHeader, HeaderRequestedAt, v)
+	}
 	return t, nil
+}
+
+// RequestedAtHeader picks the Refresh-Requested-At value out of a message's values for
+// it: none (hasHeader false), or exactly one. Two or more are refused rather than one
+// silently winning.
+func RequestedAtHeader(values []string) (header string, hasHeader bool, err error) {
+	switch len(values) {
+	case 0:
+		return "", false, nil
+	case 1:
+		return values[0], true, nil
+	}
+	return "", false, fmt.Errorf("%w: %d %s headers, want at most one", ErrBadHeader, len(values), HeaderRequestedAt)
 }
 
 // FormatRequestedAt formats t for the Refresh-Requested-At header.
@@ -118,4 +144,21 @@ func RequestTime(header string, hasHeader bool, body Body, stored time.Time) (ti
 			ErrBadRequestTime, t.UTC().Format(time.RFC3339), stored.UTC().Format(time.RFC3339))
 	}
 	return t, nil
+}
+
+// jsonType names a Go kind as the JSON type a field wants.
+func jsonType(k reflect.Kind) string {
+	switch k {
+	case reflect.String:
+		return "a string"
+	case reflect.Struct, reflect.Pointer:
+		return "an RFC 3339 time string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map:
+		return "an object"
+	}
+	return "a number"
 }

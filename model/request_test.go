@@ -21,12 +21,14 @@ func TestParseBody(t *testing.T) {
 		{"reason", `{"reason":"schedule"}`, Body{Reason: "schedule"}, ""},
 		{"requested_at", `{"requested_at":"2026-11-26T10:00:00Z"}`, Body{RequestedAt: &at}, ""},
 		{"not json", "{not json", Body{}, "invalid JSON"},
-		{"array", `[1,2]`, Body{}, "wrong type"},
-		{"string", `"hello"`, Body{}, "wrong type"},
+		{"array", `[1,2]`, Body{}, "want a JSON object"},
+		{"empty array", `[]`, Body{}, `want a JSON object like {"reason": "..."}, not a JSON array`},
+		{"string", `"hello"`, Body{}, "not a JSON string"},
+		{"time of the wrong type", `{"requested_at":5}`, Body{}, `field "requested_at" is not an RFC 3339 time string`},
 		{"unknown field", `{"requested":"2026-11-26T10:00:00Z"}`, Body{}, "unknown field"},
 		{"bad time", `{"requested_at":"yesterday"}`, Body{}, "bad body"},
 		{"zero time", `{"requested_at":"0001-01-01T00:00:00Z"}`, Body{}, "zero time"},
-		{"reason type", `{"reason":42}`, Body{}, "wrong type"},
+		{"reason type", `{"reason":42}`, Body{}, `field "reason" has the wrong type (want a string)`},
 		{"trailing", `{} {}`, Body{}, "trailing data"},
 		{"long reason", `{"reason":"` + strings.Repeat("x", MaxReasonLen+1) + `"}`, Body{}, "at most"},
 		{"too big", `{"reason":"` + strings.Repeat(" ", MaxBodyBytes) + `"}`, Body{}, "limit"},
@@ -38,6 +40,11 @@ func TestParseBody(t *testing.T) {
 			if tt.wantErr != "" {
 				if err == nil || !errors.Is(err, ErrBadBody) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("ParseBody(%q) error = %v, want ErrBadBody containing %q", tt.body, err, tt.wantErr)
+				}
+				for _, goName := range []string{"model.", "time.Time", "[]", "struct", "Body", "UnmarshalJSON"} {
+					if strings.Contains(strings.TrimPrefix(err.Error(), "bad body: "), goName) && !strings.Contains(tt.body, goName) {
+						t.Errorf("ParseBody(%q) error %q names a Go type (%s)", tt.body, err, goName)
+					}
 				}
 				return
 			}
@@ -69,6 +76,7 @@ func TestRequestTime(t *testing.T) {
 		{"body when no header", "", false, Body{RequestedAt: &bodyAt}, bodyAt, nil},
 		{"bad header", "yesterday", true, Body{}, time.Time{}, ErrBadHeader},
 		{"empty header", "", true, Body{}, time.Time{}, ErrBadHeader},
+		{"zero time header", "0001-01-01T00:00:00Z", true, Body{}, time.Time{}, ErrBadHeader},
 		{"header far in the future", stored.Add(time.Hour).Format(time.RFC3339), true, Body{}, time.Time{}, ErrBadRequestTime},
 		{"slightly ahead is clock skew", stored.Add(time.Minute).Format(time.RFC3339), true, Body{}, stored.Add(time.Minute), nil},
 	}
@@ -123,4 +131,30 @@ func FuzzParseRequestedAt(f *testing.F) {
 			t.Fatalf("accepted %v, after the stored time", at)
 		}
 	})
+}
+
+func TestRequestedAtHeader(t *testing.T) {
+	at := "2026-11-26T10:00:00Z"
+	for _, tc := range []struct {
+		name    string
+		values  []string
+		header  string
+		has     bool
+		wantErr bool
+	}{
+		{"none", nil, "", false, false},
+		{"one", []string{at}, at, true, false},
+		{"two", []string{at, "0001-01-01T00:00:00Z"}, "", false, true},
+		{"two equal", []string{at, at}, "", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, has, err := RequestedAtHeader(tc.values)
+			if (err != nil) != tc.wantErr || (err != nil && !errors.Is(err, ErrBadHeader)) {
+				t.Fatalf("error %v, want error %v (ErrBadHeader)", err, tc.wantErr)
+			}
+			if h != tc.header || has != tc.has {
+				t.Fatalf("got %q, %v; want %q, %v", h, has, tc.header, tc.has)
+			}
+		})
+	}
 }

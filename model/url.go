@@ -3,9 +3,10 @@ package model
 import (
 	"errors"
 	"fmt"
-	"net/url"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/refresher/refresher/internal/redact"
 )
 
 // ErrBadURL is returned for a database URL that cannot be parsed.
@@ -23,14 +24,14 @@ func parseURL(raw string) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
-// RedactURL hides the password of a URL so it can be logged or printed.
-func RedactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme == "" {
-		if raw == "" {
-			return `""`
-		}
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
+// RedactURL hides the secrets of a URL or connection string so it can be logged or
+// printed: see redact.URL, the one rule every printed URL goes through.
+func RedactURL(raw string) string { return redact.URL(raw) }
+
+// CheckURL reports whether raw is a PostgreSQL URL or keyword/value connection string
+// that can be used to connect; its error names DATABASE_URL and shows the value only
+// through RedactURL.
+func CheckURL(raw string) error {
+	_, err := parseURL(raw)
+	return err
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/refresher/refresher/internal/redact"
 )
 
 // Auth styles for client authentication at the token endpoint.
@@ -44,7 +46,7 @@ type OAuth2 struct {
 func NewOAuth2(cfg Config) (*OAuth2, error) {
 	u, err := url.Parse(cfg.TokenURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("token URL %q: want an absolute http(s) URL", cfg.TokenURL)
+		return nil, fmt.Errorf("token URL %s: want an absolute http(s) URL", redact.URL(cfg.TokenURL))
 	}
 	var style oauth2.AuthStyle
 	switch cfg.AuthStyle {

@@ -23,7 +23,14 @@ const (
 	HeaderStreamSeq = "Refresh-Stream-Sequence"
 	// HeaderDeadAt is when the request was dead-lettered (RFC 3339).
 	HeaderDeadAt = "Refresh-Dead-Lettered-At"
+	// HeaderBodyTruncated is set when the dead letter keeps only the first
+	// DeadLetterBodyBytes of the request's body: the body's size in bytes.
+	HeaderBodyTruncated = "Refresh-Body-Truncated"
 )
+
+// DeadLetterBodyBytes is how much of a request's body a dead letter keeps: enough to
+// see what was sent, not a copy of a payload that should never have been a request.
+const DeadLetterBodyBytes = 1024
 
 // DeadLetter is one message of REFRESH_DLQ, as operators list it. It carries no
 // body: requests hold ids, and a garbage body is nothing to print.

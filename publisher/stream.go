@@ -2,8 +2,12 @@ package publisher
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,14 +57,21 @@ func DefaultStreamConfig() StreamConfig {
 	return StreamConfig{Replicas: 1, MaxAge: 72 * time.Hour, DuplicateWindow: 20 * time.Minute, DLQMaxAge: 30 * 24 * time.Hour}
 }
 
-// EnsureStreams creates or updates REFRESH and REFRESH_DLQ. It is idempotent, so
-// every publish and consume process calls it on start instead of relying on a set-up
-// step someone might forget.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	streams := []jetstream.StreamConfig{
+// Message size limits. A refresh request is a subject, a few headers and a body of at
+// most model.MaxBodyBytes: RequestMaxMsgSize leaves room for the headers, so every
+// request the consumer would accept is stored, and a body above it is refused at
+// publish instead of being kept for MaxAge and copied into the dead-letter stream. A
+// body between the two is stored and dead-lettered with its reason and a truncated
+// copy of the body (consumer.DeadLetterMsg). A dead letter is at most a request plus
+// the dead-letter headers.
+const (
+	RequestMaxMsgSize = 8 << 10
+	DLQMaxMsgSize     = 16 << 10
+)
+
+// StreamConfigs are the stream settings cfg amounts to: REFRESH, then REFRESH_DLQ.
+func StreamConfigs(cfg StreamConfig) []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
 		{
 			Name:        Stream,
 			Description: "refresh requests, one per credential: refresh.<service>.<id>",
@@ -71,6 +82,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 			MaxAge:      cfg.MaxAge,
 			Duplicates:  cfg.DuplicateWindow,
 			Replicas:    cfg.Replicas,
+			MaxMsgSize:  RequestMaxMsgSize,
 		},
 		{
 			Name:        DLQStream,
@@ -82,30 +94,136 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 			MaxAge:      cfg.DLQMaxAge,
 			Duplicates:  2 * time.Minute,
 			Replicas:    cfg.Replicas,
+			MaxMsgSize:  DLQMaxMsgSize,
 		},
 	}
-	for _, sc := range streams {
-		// Only write when something differs: every process calls this on start, and a
-		// fleet restarting together would otherwise send the server a burst of stream
-		// updates racing its consumers' (re)creation.
-		if s, err := js.Stream(ctx, sc.Name); err == nil && sameStream(s.CachedInfo().Config, sc) {
-			continue
+}
+
+// StreamDiff is one setting of an existing stream that differs from the configured
+// one.
+type StreamDiff struct {
+	Stream, Setting string
+	Have, Want      string // as the stream has it, as configured
+}
+
+func (d StreamDiff) String() string {
+	return fmt.Sprintf("%s %s: %s -> %s", d.Stream, d.Setting, d.Have, d.Want)
+}
+
+// StreamOption changes how EnsureStreams reports.
+type StreamOption func(*streamOptions)
+
+type streamOptions struct{ log *slog.Logger }
+
+// WithStreamLogger sets where EnsureStreams logs created streams and differing
+// settings (default slog.Default()).
+func WithStreamLogger(log *slog.Logger) StreamOption {
+	return func(o *streamOptions) { o.log = log }
+}
+
+// EnsureStreams creates REFRESH and REFRESH_DLQ when they are missing, so every
+// publish and consume process can call it on start instead of relying on a set-up step
+// someone might forget. It never changes a stream that exists: stream settings are
+// the fleet's, not one process's (one process with REFRESHER_STREAM_MAX_AGE=1h must not
+// cut the retention of every request). A setting that differs from cfg is logged as a
+// warning with both values; ApplyStreams (`refresher streams apply`) changes them.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, opts ...StreamOption) error {
+	o := streamOptions{log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	for _, sc := range StreamConfigs(cfg) {
+		s, err := js.Stream(ctx, sc.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			if _, err := js.CreateStream(ctx, sc); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return fmt.Errorf("create stream %s: %w", sc.Name, err)
+			} else if err == nil {
+				o.log.Info("stream created", "stream", sc.Name)
+				continue
+			}
+			// Created by another process meanwhile: compare with it.
+			s, err = js.Stream(ctx, sc.Name)
 		}
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("create or update stream %s: %w", sc.Name, err)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", sc.Name, err)
+		}
+		for _, d := range diffStream(s.CachedInfo().Config, sc) {
+			o.log.Warn("stream setting differs from this process's configuration; left as it is (refresher streams apply changes it)",
+				"stream", d.Stream, "setting", d.Setting, "stream_value", d.Have, "configured", d.Want)
 		}
 	}
 	return nil
 }
 
-// sameStream compares the settings EnsureStreams manages.
-func sameStream(have, want jetstream.StreamConfig) bool {
-	return have.Description == want.Description &&
-		slices.Equal(have.Subjects, want.Subjects) &&
-		have.Storage == want.Storage &&
-		have.Retention == want.Retention &&
-		have.Discard == want.Discard &&
-		have.MaxAge == want.MaxAge &&
-		have.Duplicates == want.Duplicates &&
-		have.Replicas == want.Replicas
+// StreamDiffs compares the existing streams with cfg. A missing stream is reported as
+// the setting "stream" with Have "(missing)".
+func StreamDiffs(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) ([]StreamDiff, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var out []StreamDiff
+	for _, sc := range StreamConfigs(cfg) {
+		s, err := js.Stream(ctx, sc.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			out = append(out, StreamDiff{Stream: sc.Name, Setting: "stream", Have: "(missing)", Want: "created"})
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", sc.Name, err)
+		}
+		out = append(out, diffStream(s.CachedInfo().Config, sc)...)
+	}
+	return out, nil
+}
+
+// ApplyStreams creates the streams or updates them to cfg, and returns what it
+// changed (nothing when they already match: no write is sent then).
+func ApplyStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) ([]StreamDiff, error) {
+	diffs, err := StreamDiffs(ctx, js, cfg)
+	if err != nil {
+		return nil, err
+	}
+	changed := map[string]bool{}
+	for _, d := range diffs {
+		changed[d.Stream] = true
+	}
+	for _, sc := range StreamConfigs(cfg) {
+		if !changed[sc.Name] {
+			continue
+		}
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return nil, fmt.Errorf("create or update stream %s: %w", sc.Name, err)
+		}
+	}
+	return diffs, nil
+}
+
+// diffStream compares the settings EnsureStreams manages.
+func diffStream(have, want jetstream.StreamConfig) []StreamDiff {
+	var out []StreamDiff
+	add := func(setting string, differ bool, h, w any) {
+		if differ {
+			out = append(out, StreamDiff{Stream: want.Name, Setting: setting, Have: fmt.Sprint(h), Want: fmt.Sprint(w)})
+		}
+	}
+	add("description", have.Description != want.Description, strconv.Quote(have.Description), strconv.Quote(want.Description))
+	add("subjects", !slices.Equal(have.Subjects, want.Subjects), strings.Join(have.Subjects, ","), strings.Join(want.Subjects, ","))
+	add("storage", have.Storage != want.Storage, have.Storage, want.Storage)
+	add("retention", have.Retention != want.Retention, have.Retention, want.Retention)
+	add("discard", have.Discard != want.Discard, have.Discard, want.Discard)
+	add("max_age", have.MaxAge != want.MaxAge, have.MaxAge, want.MaxAge)
+	add("duplicate_window", have.Duplicates != want.Duplicates, have.Duplicates, want.Duplicates)
+	add("replicas", have.Replicas != want.Replicas, have.Replicas, want.Replicas)
+	add("max_msg_size", have.MaxMsgSize != want.MaxMsgSize, msgSize(have.MaxMsgSize), msgSize(want.MaxMsgSize))
+	return out
+}
+
+func msgSize(n int32) string {
+	if n <= 0 {
+		return "unlimited"
+	}
+	return strconv.Itoa(int(n)) + " bytes"
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -86,9 +88,12 @@ seeds it with COPY and drops it at the end. The full run takes several minutes;
 	f := cmd.Flags()
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
 	f.BoolVar(&quick, "quick", false, "every figure at a small size (seconds, for tests); the figures mean little")
-	f.IntVar(&rows, "rows", bench.DefaultOptions().Rows, "rows the publish figure scans (default 5000 with --quick)")
-	f.IntVar(&requests, "requests", bench.DefaultOptions().Requests, "requests of the final per-row consume run (default 1000 with --quick)")
-	f.IntSliceVar(&concurrency, "concurrency", bench.DefaultOptions().Concurrencies, "consume concurrencies to try (default 4,16 with --quick)")
+	// The defaults depend on --quick, so they are applied when a flag is not given and
+	// stated once, in the usage, instead of beside a flag default that may not apply.
+	def, q := bench.DefaultOptions(), bench.QuickOptions()
+	f.IntVar(&rows, "rows", 0, fmt.Sprintf("rows the publish figure scans (default %d; %d with --quick)", def.Rows, q.Rows))
+	f.IntVar(&requests, "requests", 0, fmt.Sprintf("requests of the final per-row consume run (default %d; %d with --quick)", def.Requests, q.Requests))
+	f.IntSliceVar(&concurrency, "concurrency", nil, fmt.Sprintf("consume concurrencies to try (default %s; %s with --quick)", ints(def.Concurrencies), ints(q.Concurrencies)))
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the final per-row consume run to this file")
 	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the final per-row consume run to this file (and FILE.base, taken before it)")
 	cmd.AddCommand(benchPublishChildCmd(e))
@@ -119,4 +124,13 @@ func benchPublishChildCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// ints formats a list of ints as a flag takes it: 8,16,32.
+func ints(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -53,7 +55,10 @@ Unless --http is empty it serves, on that address:
 			if cmd.Flags().Changed("concurrency") {
 				cfg.Concurrency = concurrency
 				if err := cfg.Validate(); err != nil {
-					return usageError{err}
+					// Validate names the variable; the user typed the flag.
+					msg := strings.ReplaceAll(err.Error(), fmt.Sprintf("REFRESHER_CONCURRENCY=%d", concurrency), fmt.Sprintf("--concurrency %d", concurrency))
+					msg = strings.ReplaceAll(msg, "REFRESHER_CONCURRENCY", "--concurrency")
+					return usageError{errors.New(msg)}
 				}
 			}
 			streams, err := config.Streams()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/uptrace/bun"
 
@@ -17,10 +18,15 @@ func openDB(ctx context.Context, maxConns int) (*bun.DB, error) {
 		return nil, err
 	}
 	db, err := model.Open(ctx, url, maxConns)
-	if errors.Is(err, model.ErrBadURL) {
+	switch {
+	case errors.Is(err, model.ErrBadURL):
 		return nil, &config.Error{Err: err}
+	case err != nil:
+		// Not a configuration error (exit 1): the server may be down for a moment. The
+		// variable is named so the operator knows where the address came from.
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	return db, err
+	return db, nil
 }
 
 // openSealedDB opens DATABASE_URL for a command that reads or writes tokens, with the

@@ -101,7 +101,9 @@ func dlqReplayCmd(e *env) *cobra.Command {
 		Long: `Republish the requests dead-lettered in a window of REFRESH_DLQ, once per credential,
 to refresh.<service>.<id> with their latest request time; the same as
 "refresher replay --dlq". Dead letters that are not requests (garbage subjects or
-bodies) are counted as skipped. Replayed dead letters stay in REFRESH_DLQ until
+bodies) are counted as skipped. With REFRESHER_SERVICES set, dead letters of services
+not listed in it are not replayed (the consumers would dead-letter them again) but
+counted as unconfigured, by service; --include-unconfigured replays them too. Replayed dead letters stay in REFRESH_DLQ until
 purged; replaying them again costs a row lock each, not a provider call.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -110,7 +112,7 @@ purged; replaying them again costs a row lock each, not a provider call.`,
 				return err
 			}
 			opts.DLQ = true
-			return runReplay(cmd, e, opts)
+			return runReplay(cmd, e, opts, f.includeUnconfigured)
 		},
 	}
 	f.register(cmd.Flags())

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -18,6 +19,7 @@ import (
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/logging"
 	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/internal/progress"
 )
 
 func main() {
@@ -43,6 +45,15 @@ type env struct {
 // configuration or usage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr}
+	// The default logger is this run's while it lasts (see PersistentPreRunE), and the
+	// one before afterwards: run is called many times in one test process. SetDefault
+	// also redirects the log package, which it does not undo itself.
+	prevLog, prevOut, prevFlags := slog.Default(), log.Writer(), log.Flags()
+	defer func() {
+		slog.SetDefault(prevLog)
+		log.SetOutput(prevOut)
+		log.SetFlags(prevFlags)
+	}()
 	root := &cobra.Command{
 		Use:   "refresher",
 		Short: "Refresh OAuth credentials in PostgreSQL through NATS JetStream, one locked row per message",
@@ -62,15 +73,26 @@ Configuration comes from the environment: run "refresher config" to see every va
 			if err := config.Load(&lc); err != nil {
 				return err
 			}
-			log, err := logging.New(stderr, lc.Format, lc.Level)
+			// Through progress.Under: a log line erases a progress line drawn on stderr
+			// first, instead of being written onto its end.
+			log, err := logging.New(progress.Under(stderr), lc.Format, lc.Level)
 			if err != nil {
-				return &config.Error{Err: err}
+				if cmd.Name() != "config" {
+					return &config.Error{Err: err}
+				}
+				// config shows the whole table and reports the bad value with the others.
+				log = slog.New(slog.NewTextHandler(stderr, nil))
 			}
 			e.log = log
 			model.ApplicationName = "refresher-" + cmd.Name()
+			// Packages that log without being handed a logger (publisher.EnsureStreams,
+			// called by consume and publish) log here too.
+			slog.SetDefault(log)
 			return nil
 		},
 	}
+	root.Version = version()
+	root.SetVersionTemplate(versionTemplate)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)
@@ -78,7 +100,7 @@ Configuration comes from the environment: run "refresher config" to see every va
 	root.AddCommand(
 		migrateCmd(e), seedCmd(e), publishCmd(e), consumeCmd(e), configCmd(e),
 		fakeProviderCmd(e), demoCmd(e), verifyCmd(e),
-		replayCmd(e), dlqCmd(e), statusCmd(e), benchCmd(e), rekeyCmd(e),
+		replayCmd(e), dlqCmd(e), statusCmd(e), benchCmd(e), rekeyCmd(e), streamsCmd(e),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

@@ -13,7 +13,10 @@ func migrateCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "migrate",
 		Short: "Create or update the credentials table (safe to run twice, or twice at once)",
-		Args:  cobra.NoArgs,
+		Example: `  DATABASE_URL=postgres://refresher@127.0.0.1:5432/refresher?sslmode=disable refresher migrate
+  # in Kubernetes, as a Job or an init container before the fleet starts:
+  refresher migrate && refresher streams apply`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			db, err := openDB(cmd.Context(), 2)
 			if err != nil {

@@ -60,6 +60,10 @@ client had already used: they were published under an id of their own.`,
 			if err := model.ValidateService(service); err != nil {
 				return usageError{fmt.Errorf("--service: %w", err)}
 			}
+			if cmd.Flags().Changed("ids") && strings.TrimSpace(ids) == "" {
+				// An empty shell variable must not widen the run to every credential.
+				return usageError{errors.New("--ids is empty: give ids like --ids 1,2,3, or leave --ids out to publish every active credential")}
+			}
 			idList, err := parseIDs(ids)
 			if err != nil {
 				return usageError{fmt.Errorf("--ids: %w", err)}

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,7 +52,10 @@ every request was republished, 1 otherwise, 2 for bad flags.`,
 				return err
 			}
 			opts.DLQ = dlq
-			return runReplay(cmd, e, opts)
+			if f.includeUnconfigured && !dlq {
+				return usageError{errors.New("--include-unconfigured applies to dead letters: give --dlq too")}
+			}
+			return runReplay(cmd, e, opts, f.includeUnconfigured)
 		},
 	}
 	f.register(cmd.Flags())
@@ -64,6 +69,9 @@ type replayFlags struct {
 	from, until string
 	service     string
 	dryRun      bool
+	// includeUnconfigured replays dead letters of services not in REFRESHER_SERVICES,
+	// which the consumers would dead-letter again.
+	includeUnconfigured bool
 }
 
 func (f *replayFlags) register(fs *pflag.FlagSet) {
@@ -72,6 +80,8 @@ func (f *replayFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.until, "until", "", "end the window at this time, RFC 3339 (default: the last message stored when the replay starts)")
 	fs.StringVar(&f.service, "service", "", "replay only this service's requests")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "read and count, publish nothing")
+	fs.BoolVar(&f.includeUnconfigured, "include-unconfigured", false,
+		"with dead letters: also replay those of services not in REFRESHER_SERVICES (skipped by default: they would die again)")
 }
 
 // options turns the flags into ReplayOptions, with a usage error naming the flag
@@ -130,20 +140,41 @@ func parseFlagTime(flag, v string) (time.Time, error) {
 	return t, nil
 }
 
-// runReplay connects, replays and prints the counts.
-func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
+// runReplay connects, replays and prints the counts. Dead letters are replayed only
+// for the services in REFRESHER_SERVICES (when it is set) unless includeUnconfigured:
+// a request for a service no consumer is configured for would be dead-lettered again.
+// Those skipped are counted by service.
+func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions, includeUnconfigured bool) error {
 	var pc config.Publish
 	if err := config.Load(&pc); err != nil {
 		return err
 	}
-	if opts.Service != "" {
-		// A service that is not configured (or, with none configured, that the
-		// stream has never seen) is a mistyped flag, not an empty window.
-		var svc config.Services
-		if err := config.Load(&svc); err != nil {
-			return err
+	var svc config.Services
+	if err := config.Load(&svc); err != nil {
+		return err
+	}
+	configured := map[string]bool{}
+	var services []string
+	for _, n := range svc.Names {
+		if n = strings.TrimSpace(n); n != "" && !configured[n] {
+			configured[n] = true
+			services = append(services, n)
 		}
-		opts.Services = svc.Names
+	}
+	// A --service that is not configured (or, with none configured, that the stream
+	// has never seen) is a mistyped flag, not an empty window: the library checks.
+	opts.Services = services
+	// Replays to run: one per configured service, or the one asked for.
+	filterServices := opts.DLQ && !includeUnconfigured && len(services) > 0
+	runs := []string{opts.Service}
+	if filterServices {
+		if opts.Service != "" && !configured[opts.Service] {
+			return usageError{fmt.Errorf("--service %s is not in REFRESHER_SERVICES (%s): its requests would be dead-lettered again; add --include-unconfigured to replay them anyway",
+				opts.Service, strings.Join(services, ","))}
+		}
+		if opts.Service == "" {
+			runs = services
+		}
 	}
 	natsURL, err := config.NATSURL()
 	if err != nil {
@@ -163,17 +194,50 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
 		line.Printf("%s: %d of %d", pr.Phase, pr.Done, pr.Total)
 	}
 	start := time.Now()
-	res, err := p.Replay(cmd.Context(), opts)
+	var res publisher.ReplayResult
+	var runErr error
+	for _, service := range runs {
+		o := opts
+		o.Service = service
+		r, err := p.Replay(cmd.Context(), o)
+		res.Stream = r.Stream
+		res.Read += r.Read
+		res.Distinct += r.Distinct
+		res.Skipped += r.Skipped
+		res.Republished += r.Republished
+		res.Failed += r.Failed
+		res.Unknown += r.Unknown
+		if res.From.IsZero() || (!r.From.IsZero() && r.From.Before(res.From)) {
+			res.From = r.From
+		}
+		if err != nil {
+			runErr = err
+			if !errors.Is(err, publisher.ErrNotPublished) {
+				break
+			}
+		}
+	}
 	line.Clear()
 	switch {
-	case opts.DLQ && errors.Is(err, jetstream.ErrStreamNotFound):
+	case opts.DLQ && errors.Is(runErr, jetstream.ErrStreamNotFound):
 		// No process has created the streams yet, so nothing has died: as dlq list.
 		fmt.Fprintln(e.stdout, "no dead letters")
 		return nil
-	case errors.Is(err, publisher.ErrUnknownService):
-		return usageError{fmt.Errorf("--service: %w", err)}
-	case err != nil && res.Read == 0 && !errors.Is(err, publisher.ErrNotPublished):
-		return err
+	case errors.Is(runErr, publisher.ErrUnknownService):
+		return usageError{fmt.Errorf("--service: %w", runErr)}
+	case runErr != nil && res.Read == 0 && !errors.Is(runErr, publisher.ErrNotPublished):
+		return runErr
+	}
+	unconfigured := ""
+	if filterServices && opts.Service == "" && runErr == nil {
+		counts, n, err := unconfiguredDeadLetters(cmd, p, opts, configured)
+		if err != nil {
+			return err
+		}
+		unconfigured = fmt.Sprintf(" unconfigured=%d", n)
+		if n > 0 {
+			defer fmt.Fprintf(e.stdout, "skipped %d dead letter(s) of services not in REFRESHER_SERVICES (%s): they would be dead-lettered again; --include-unconfigured replays them\n", n, counts)
+		}
 	}
 	if opts.FromOldest {
 		opts.From = res.From
@@ -186,8 +250,51 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions) error {
 	if opts.DryRun {
 		dry = " (dry run: nothing published)"
 	}
-	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d unknown=%d elapsed=%s%s\n",
+	if res.Stream == "" {
+		res.Stream = publisher.Stream
+		if opts.DLQ {
+			res.Stream = publisher.DLQStream
+		}
+	}
+	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d unknown=%d%s elapsed=%s%s\n",
 		res.Stream, opts.From.UTC().Format(time.RFC3339), until, res.Read, res.Distinct, res.Skipped,
-		res.Republished, res.Failed, res.Unknown, time.Since(start).Round(time.Millisecond), dry)
-	return err
+		res.Republished, res.Failed, res.Unknown, unconfigured, time.Since(start).Round(time.Millisecond), dry)
+	return runErr
+}
+
+// unconfiguredDeadLetters counts the dead letters in opts' window whose service is not
+// configured, and describes them by service ("bogus: 3, old-idp: 1").
+func unconfiguredDeadLetters(cmd *cobra.Command, p *publisher.Publisher, opts publisher.ReplayOptions, configured map[string]bool) (string, int, error) {
+	bySvc := map[string]int{}
+	total := 0
+	err := publisher.ListDeadLetters(cmd.Context(), p.JetStream(), 0, func(dl publisher.DeadLetter) error {
+		if dl.Time.Before(opts.From) || (!opts.Until.IsZero() && dl.Time.After(opts.Until)) {
+			return nil
+		}
+		service := ""
+		if k, err := model.ParseSubject(dl.OriginalSubject); err == nil {
+			service = k.Service
+		} else if parts := strings.Split(dl.OriginalSubject, "."); len(parts) > 1 && parts[0] == model.SubjectPrefix {
+			service = parts[1]
+		}
+		if service == "" || configured[service] {
+			return nil // read (and skipped, if garbage) by a configured service's replay, or not a request at all
+		}
+		bySvc[printable(service)]++
+		total++
+		return nil
+	})
+	if err = missingDLQ(err); err != nil {
+		return "", 0, err
+	}
+	names := make([]string, 0, len(bySvc))
+	for n := range bySvc {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s: %d", n, bySvc[n])
+	}
+	return strings.Join(parts, ", "), total, nil
 }

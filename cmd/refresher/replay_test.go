@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -221,4 +222,52 @@ func streamLastSeq(t *testing.T, js jetstream.JetStream, name string) uint64 {
 		t.Fatal(err)
 	}
 	return info.State.LastSeq
+}
+
+// TestDLQReplaySkipsUnconfiguredServices: dead letters of a service not in
+// REFRESHER_SERVICES would only die again: dlq replay skips them, saying how many and
+// of which service, unless --include-unconfigured; --service naming one is refused.
+func TestDLQReplaySkipsUnconfiguredServices(t *testing.T) {
+	env := fleettest.New(t, fleettest.Options{})
+	consumeEnv(t, env)
+	ctx := context.Background()
+	ids := env.Seed("github", 2)
+	cfg := env.Config()
+	cfg.MaxDeliver = 2
+	env.StartConsumer(cfg)
+	env.Fake.SetOutage(true) // dead-letters the github requests too
+	js := env.JS()
+	for _, subj := range []string{"refresh.bogus.5", "refresh.bogus.6", fmt.Sprintf("refresh.github.%d", ids[0]), fmt.Sprintf("refresh.github.%d", ids[1])} {
+		if _, err := js.Publish(ctx, subj, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fleettest.Eventually(t, 30*time.Second, "4 dead letters", func() bool { return len(env.DeadLetters()) == 4 })
+	env.WaitIdle(30 * time.Second)
+
+	for _, tc := range []struct {
+		args []string
+		code int
+		want []string
+	}{
+		{[]string{"dlq", "replay", "--since", "1h", "--dry-run"}, 0, []string{
+			"read=2 distinct=2 skipped=0 republished=0 failed=0 unconfigured=2",
+			"skipped 2 dead letter(s) of services not in REFRESHER_SERVICES (bogus: 2)", "--include-unconfigured"}},
+		{[]string{"replay", "--dlq", "--since", "1h", "--dry-run"}, 0, []string{"distinct=2", "unconfigured=2"}},
+		{[]string{"dlq", "replay", "--since", "1h", "--dry-run", "--include-unconfigured"}, 0, []string{"read=4 distinct=4 skipped=0"}},
+		{[]string{"dlq", "replay", "--since", "1h", "--service", "bogus"}, 2, []string{"--service bogus is not in REFRESHER_SERVICES (github)"}},
+		{[]string{"dlq", "replay", "--since", "1h", "--service", "bogus", "--include-unconfigured", "--dry-run"}, 0, []string{"read=2 distinct=2"}},
+		{[]string{"replay", "--since", "1h", "--include-unconfigured"}, 2, []string{"give --dlq too"}},
+	} {
+		code, stdout, stderr := runCLI(t, tc.args...)
+		if code != tc.code {
+			t.Errorf("%v: exit %d, want %d; stdout %q stderr %q", tc.args, code, tc.code, stdout, stderr)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(stdout+stderr, w) {
+				t.Errorf("%v: output lacks %q: %s%s", tc.args, w, stdout, stderr)
+			}
+		}
+	}
 }

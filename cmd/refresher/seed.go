@@ -20,7 +20,9 @@ func seedCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "seed --service S --count N",
 		Short: "Insert N demo credentials for a service, with tokens the fake provider accepts",
-		Args:  cobra.NoArgs,
+		Example: `  refresher seed --service github --count 1000
+  refresher seed --service google --count 50 --expires-in 1m   # expiring soon: picked by publish --expiring-within`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := model.ValidateService(service); err != nil {
 				return usageError{fmt.Errorf("--service: %w", err)}

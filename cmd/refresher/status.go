@@ -27,8 +27,11 @@ func statusCmd(e *env) *cobra.Command {
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "status [--json] [--window 30m]",
+		Use:   "status [--json] [--expiring-within 30m]",
 		Short: "Print one snapshot of the fleet: stream, consumer backlog, dead letters, credentials",
+		Example: `  refresher status
+  refresher status --expiring-within 2h --dlq-scan 5000
+  refresher status --json | jq .consumer.pending`,
 		Long: `Print one snapshot an operator reads to know whether the fleet keeps up:
 
   stream REFRESH      messages kept for replay, bytes, first and last message time
@@ -37,7 +40,7 @@ func statusCmd(e *env) *cobra.Command {
                       grouped with quoted values and credential ids elided), read from
                       the most recent --dlq-scan messages
   credentials         by service and status; active rows expired or expiring within
-                      --window; never refreshed; the oldest refreshed_at
+                      --expiring-within; never refreshed; the oldest refreshed_at
 
 A stream, the consumer or the table that does not exist yet is shown as such. With
 --json the same snapshot is one JSON object with stable field names.
@@ -49,7 +52,7 @@ every part was read, 1 when some part could not be (what was read is still shown
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case window <= 0:
-				return usageError{fmt.Errorf("--window %s: must be positive", window)}
+				return usageError{fmt.Errorf("--expiring-within %s: must be positive", window)}
 			case dlqScan < 0:
 				return usageError{fmt.Errorf("--dlq-scan %d: must not be negative (0 reads no reasons)", dlqScan)}
 			case timeout <= 0:
@@ -97,7 +100,11 @@ every part was read, 1 when some part could not be (what was read is still shown
 	}
 	f := cmd.Flags()
 	f.BoolVar(&asJSON, "json", false, "print one JSON object instead of tables")
-	f.DurationVar(&window, "window", status.DefaultWindow, `horizon of "expiring soon" for access tokens`)
+	f.DurationVar(&window, "expiring-within", status.DefaultWindow, `count active credentials whose access token expires within this (as publish --expiring-within selects them)`)
+	// --window was this flag's old name; in publish it is the dedupe period. Kept for
+	// scripts, hidden and deprecated.
+	f.DurationVar(&window, "window", status.DefaultWindow, "")
+	_ = f.MarkDeprecated("window", "use --expiring-within (--window is publish's dedupe period)")
 	f.IntVar(&dlqScan, "dlq-scan", status.DefaultDLQScan, "read the reasons of at most this many of the most recent dead letters (0: none)")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up gathering after this long")
 	return cmd
@@ -124,8 +131,10 @@ func printStatus(w io.Writer, rep status.Report, window time.Duration) error {
 	c := rep.Consumer
 	p("CONSUMER\tPENDING\tACK PENDING\tREDELIVERED\tWAITING PULLS\tLAST DELIVERED\tLAST ACKED\n")
 	if c.Exists {
+		// Ages only: the report's time is in its first line, and two full timestamps
+		// would take the row past 100 columns.
 		p("%s/%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.Stream, c.Name, c.Pending, c.AckPending, c.Redelivered, c.WaitingPulls,
-			whenKnown(c.LastDelivered, c.LastDeliveredUnknown, now), whenKnown(c.LastAcked, c.LastAckedUnknown, now))
+			agoKnown(c.LastDelivered, c.LastDeliveredUnknown, now), agoKnown(c.LastAcked, c.LastAckedUnknown, now))
 	} else {
 		p("%s/%s\tdoes not exist yet (created by the first consume)\n", c.Stream, c.Name)
 	}
@@ -227,12 +236,24 @@ func when(t *time.Time, now time.Time) string {
 	return t.Format(time.RFC3339) + " (" + shortDuration(age) + " ago)"
 }
 
-// whenKnown is when, except for a time the server lost: "-" would say "never".
-func whenKnown(t *time.Time, unknown bool, now time.Time) string {
+// agoKnown is ago, except for a time the server lost: "-" would say "never".
+func agoKnown(t *time.Time, unknown bool, now time.Time) string {
 	if t == nil && unknown {
 		return "unknown (server restarted)"
 	}
-	return when(t, now)
+	return ago(t, now)
+}
+
+// ago is when without the timestamp: "12s ago", "-" for never.
+func ago(t *time.Time, now time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	if age := now.Sub(*t); age >= 0 {
+		return shortDuration(age) + " ago"
+	} else {
+		return "in " + shortDuration(-age)
+	}
 }
 
 // shortDuration rounds to what a reader needs: seconds under an hour, minutes above.

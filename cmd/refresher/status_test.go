@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/internal/status"
@@ -134,7 +135,7 @@ func TestStatusAfterRun(t *testing.T) {
 	}
 	statusEnv(t, fx)
 
-	code, out, stderr := runCLI(t, "status", "--window", "2h")
+	code, out, stderr := runCLI(t, "status", "--expiring-within", "2h")
 	if code != 0 {
 		t.Fatalf("status: exit %d\n%s", code, stderr)
 	}
@@ -160,8 +161,13 @@ func TestStatusAfterRun(t *testing.T) {
 	}
 	header, row := line("CONSUMER"), line("REFRESH/refresher")
 	assertAligned(t, header, row)
-	if f := fields(row); f[1] != "0" || f[2] != "0" || f[3] != "0" {
-		t.Errorf("consumer row %q: want nothing pending", f)
+	if f := fields(row); f[1] != "0" || f[2] != "0" || f[3] != "0" || !strings.HasSuffix(f[5], " ago") {
+		t.Errorf("consumer row %q: want nothing pending, and ages", f)
+	}
+	for _, l := range []string{header, row} {
+		if n := utf8.RuneCountInString(l); n > 100 {
+			t.Errorf("consumer table line is %d columns, want at most 100:\n%s", n, l)
+		}
 	}
 	if !strings.Contains(out, "DEAD LETTERS  3; top reasons among all 3, 2 reason groups") ||
 		!regexp.MustCompile(`(?m)^2\s+malformed: bad subject "…": want refresh.<service>.<id>$`).MatchString(out) ||
@@ -190,7 +196,7 @@ func TestStatusAfterRun(t *testing.T) {
 		t.Errorf("google was never refreshed, but its oldest refresh is %q", f[7])
 	}
 
-	code, out, stderr = runCLI(t, "status", "--json", "--window", "2h", "--dlq-scan", "1")
+	code, out, stderr = runCLI(t, "status", "--json", "--expiring-within", "2h", "--dlq-scan", "1")
 	if code != 0 {
 		t.Fatalf("status --json: exit %d\n%s", code, stderr)
 	}
@@ -229,9 +235,9 @@ func TestStatusBadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"zero window", []string{"--window", "0"}, "--window 0s: must be positive"},
-		{"negative window", []string{"--window", "-5m"}, "--window -5m0s"},
-		{"window without unit", []string{"--window", "30"}, `invalid argument "30" for "--window"`},
+		{"zero horizon", []string{"--expiring-within", "0"}, "--expiring-within 0s: must be positive"},
+		{"negative horizon", []string{"--expiring-within", "-5m"}, "--expiring-within -5m0s"},
+		{"horizon without unit", []string{"--expiring-within", "30"}, `invalid argument "30" for "--expiring-within"`},
 		{"negative scan", []string{"--dlq-scan", "-1"}, "--dlq-scan -1"},
 		{"scan not a number", []string{"--dlq-scan", "many"}, `invalid argument "many"`},
 		{"zero timeout", []string{"--timeout", "0s"}, "--timeout 0s"},

@@ -14,7 +14,9 @@ func verifyCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --provider http://127.0.0.1:PORT",
 		Short: "Check every credential against a running fake provider: exit 0 only if nothing was lost",
-		Args:  cobra.NoArgs,
+		Example: `  refresher fake-provider --listen 127.0.0.1:8081 &
+  refresher verify --provider http://127.0.0.1:8081`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if providerURL == "" {
 				return usageError{errors.New("--provider is required")}

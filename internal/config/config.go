@@ -29,7 +29,7 @@ func Errorf(format string, args ...any) error { return &Error{Err: fmt.Errorf(fo
 // Connections is where the backing services are.
 type Connections struct {
 	DatabaseURL string `envconfig:"DATABASE_URL" secret:"url" desc:"PostgreSQL URL (postgres://user:pass@host:5432/db?sslmode=...)"`
-	NATSURL     string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
+	NATSURL     string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" secret:"url" desc:"NATS server URL(s), comma-separated"`
 }
 
 // Logging configures log/slog.
@@ -46,7 +46,7 @@ type Services struct {
 
 // Service is one service's token endpoint, read from REFRESHER_<SERVICE>_*.
 type Service struct {
-	TokenURL     string `envconfig:"TOKEN_URL" required:"true" desc:"OAuth2 token endpoint"`
+	TokenURL     string `envconfig:"TOKEN_URL" required:"true" secret:"url" desc:"OAuth2 token endpoint"`
 	ClientID     string `envconfig:"CLIENT_ID" required:"true" desc:"OAuth2 client id"`
 	ClientSecret string `envconfig:"CLIENT_SECRET" required:"true" secret:"true" desc:"OAuth2 client secret"`
 	AuthStyle    string `envconfig:"AUTH_STYLE" default:"header" desc:"client authentication: header (HTTP Basic) or params"`
@@ -194,14 +194,14 @@ func DatabaseURL() (string, error) {
 	return c.DatabaseURL, nil
 }
 
-// NATSURL returns NATS_URL (or its default).
+// NATSURL returns NATS_URL (or its default), checked by ValidateNATSURL.
 func NATSURL() (string, error) {
 	var c Connections
 	if err := Load(&c); err != nil {
 		return "", err
 	}
-	if c.NATSURL == "" {
-		return "", Errorf("NATS_URL is empty")
+	if err := ValidateNATSURL(c.NATSURL); err != nil {
+		return "", err
 	}
 	return c.NATSURL, nil
 }

@@ -6,12 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
+
+	"github.com/refresher/refresher/internal/redact"
 )
 
 // NATS is how every refresher process authenticates to NATS and checks the server's
@@ -202,4 +206,83 @@ func wipe(b []byte) {
 	for i := range b {
 		b[i] = 'x'
 	}
+}
+
+// natsSchemes are the URL schemes the NATS client dials.
+var natsSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": true}
+
+// ValidateNATSURL checks NATS_URL as the NATS client will read it: a comma-separated
+// list of nats://, tls://, ws:// or wss:// URLs with a host and, if given, a numeric
+// port. An empty entry is refused, not read as the default server. Errors are *Error,
+// name NATS_URL and show the value through redact.URL.
+func ValidateNATSURL(urls string) error {
+	if strings.TrimSpace(urls) == "" {
+		return Errorf("NATS_URL=%q: empty; give the server's URL, like nats://127.0.0.1:4222", urls)
+	}
+	shown := redact.URL(urls)
+	parts := redact.SplitURLs(urls)
+	for _, p := range parts {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			return Errorf("NATS_URL=%s: an empty entry in the list; give URLs separated by commas, like nats://n1:4222,nats://n2:4222", shown)
+		}
+		if err := checkNATSURL(p); err != nil {
+			if len(parts) == 1 {
+				return Errorf("NATS_URL=%s: %w", shown, err)
+			}
+			return Errorf("NATS_URL=%s: %s: %w", shown, redact.URL(p), err)
+		}
+	}
+	return nil
+}
+
+func checkNATSURL(p string) error {
+	scheme, rest, ok := strings.Cut(p, "://")
+	if !ok {
+		return errors.New("not a URL: want nats://host:port")
+	}
+	if !natsSchemes[strings.ToLower(scheme)] {
+		return fmt.Errorf("scheme %q: want nats, tls, ws or wss", scheme)
+	}
+	// The host and port follow the user info (up to the last '@') and end at the path.
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		if strings.Contains(rest[:at], ",") {
+			// The client splits the list at every comma.
+			return errors.New("a comma in the user info: percent-encode it as %2C")
+		}
+		rest = rest[at+1:]
+	}
+	if k := strings.IndexAny(rest, "/?#"); k >= 0 {
+		rest = rest[:k]
+	}
+	host, port := rest, ""
+	if strings.HasPrefix(rest, "[") {
+		end := strings.Index(rest, "]")
+		if end < 0 {
+			return errors.New("unclosed '[' in the host")
+		}
+		host, port = rest[:end+1], strings.TrimPrefix(rest[end+1:], ":")
+		if rest[end+1:] != "" && !strings.HasPrefix(rest[end+1:], ":") {
+			return errors.New("want host:port")
+		}
+	} else if c := strings.LastIndex(rest, ":"); c >= 0 {
+		host, port = rest[:c], rest[c+1:]
+	}
+	if host == "" || host == "[]" {
+		return errors.New("no host")
+	}
+	if strings.ContainsAny(host, " \t") {
+		return fmt.Errorf("host %q has blanks", host)
+	}
+	if port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("port %q: want a number from 1 to 65535", port)
+		}
+	}
+	if _, err := url.Parse(p); err != nil {
+		// url.Error repeats the URL, secrets included: keep only that it failed.
+		return errors.New("not a valid URL")
+	}
+	return nil
 }

@@ -20,7 +20,23 @@ func New(w io.Writer, format, level string) (*slog.Logger, error) {
 	case "text", "":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		jopts := *opts
+		jopts.ReplaceAttr = durationSeconds
+		return slog.New(slog.NewJSONHandler(w, &jopts)), nil
 	}
 	return nil, fmt.Errorf("REFRESHER_LOG_FORMAT=%q: want text or json", format)
+}
+
+// durationSeconds writes a duration in JSON logs as seconds, with the unit in the key
+// ("elapsed_seconds": 1.5): slog's JSON handler would write a bare count of
+// nanoseconds under the plain key, which reads as anything.
+func durationSeconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindDuration {
+		return a
+	}
+	key := a.Key
+	if !strings.HasSuffix(key, "_seconds") {
+		key += "_seconds"
+	}
+	return slog.Float64(key, a.Value.Duration().Seconds())
 }

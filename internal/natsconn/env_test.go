@@ -113,7 +113,7 @@ func TestConfigurationErrors(t *testing.T) {
 			[]string{"NATS_TLS_CERT=" + p.ClientCert + ", NATS_TLS_KEY=" + p.ServerKey + ": not a certificate and its key"}},
 		{"cert and key swapped", map[string]string{"NATS_TLS_CERT": p.ClientKey, "NATS_TLS_KEY": p.ClientCert}, "", []string{"not a certificate and its key"}},
 		{"credentials in the URL too", map[string]string{"NATS_USER": "alice", "NATS_PASSWORD": password},
-			"nats://bob:" + password + "@127.0.0.1:1", []string{"NATS_URL nats://****@127.0.0.1:1 carries credentials", `user "alice"`}},
+			"nats://bob:" + password + "@127.0.0.1:1", []string{"NATS_URL nats://bob:****@127.0.0.1:1 carries credentials", `user "alice"`}},
 		{"token in the URL and NATS_TOKEN", map[string]string{"NATS_TOKEN": token},
 			"nats://127.0.0.1:1,nats://" + token + "@127.0.0.1:2", []string{"NATS_URL nats://****@127.0.0.1:2 carries credentials"}},
 	}
@@ -224,10 +224,10 @@ func seedFileOfCreds(t *testing.T, credsFile string) string {
 func TestURLsRedacted(t *testing.T) {
 	setNATSEnv(t, nil)
 	tests := []struct{ url, secret, want string }{
-		{"nats://alice:pw-url-1@127.0.0.1:1", "pw-url-1", "nats://****@127.0.0.1:1"},
+		{"nats://alice:pw-url-1@127.0.0.1:1", "pw-url-1", "nats://alice:****@127.0.0.1:1"},
 		{"nats://tok-url-2@127.0.0.1:1", "tok-url-2", "nats://****@127.0.0.1:1"},
-		{"nats://127.0.0.1:1, tls://bob:pw-url-3@127.0.0.1:2", "pw-url-3", "nats://127.0.0.1:1,tls://****@127.0.0.1:2"},
-		{"nats://alice:pw%zz-4@127.0.0.1:1", "pw%zz-4", "****@127.0.0.1:1"},
+		{"nats://127.0.0.1:1, tls://bob:pw-url-3@127.0.0.1:2", "pw-url-3", "nats://127.0.0.1:1, tls://bob:****@127.0.0.1:2"},
+		{"nats://alice:pw%zz-4@127.0.0.1:1", "pw%zz-4", "nats://alice:****@127.0.0.1:1"},
 	}
 	for _, tt := range tests {
 		log, logs := newLog()

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/refresher/refresher/internal/config"
+	"github.com/refresher/refresher/internal/redact"
 )
 
 // Connect dials urls (comma-separated) as a client called name, authenticating and
@@ -70,7 +71,7 @@ func connect(urls, name string, log *slog.Logger, auth config.NATS, extra []nats
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("nats reconnected", "server", redact(nc.ConnectedUrl()))
+			log.Info("nats reconnected", "server", redactURLs(nc.ConnectedUrl()))
 		}),
 	}
 	opts = append(opts, authOpts...)
@@ -146,7 +147,7 @@ func checkURLs(urls string, auth config.NATS) error {
 	}
 	for _, p := range strings.Split(urls, ",") {
 		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			return config.Errorf("NATS_URL %s carries credentials and %s is set too: give one", redact(p), how)
+			return config.Errorf("NATS_URL %s carries credentials and %s is set too: give one", redactURLs(p), how)
 		}
 	}
 	return nil
@@ -178,8 +179,10 @@ func dialError(urls string, auth config.NATS, err error) error {
 		hint = "; the server refused the TLS client: if it verifies clients, set NATS_TLS_CERT and NATS_TLS_KEY"
 	case clientRefused(err):
 		hint = "; the server refused the TLS client: is NATS_TLS_CERT " + auth.TLSCert + " signed by a CA the server trusts?"
+	case errors.Is(err, nats.ErrNoServers):
+		hint = "; unreachable: no server answered at NATS_URL (is it running, and are host and port right?)"
 	}
-	return fmt.Errorf("connect to NATS at %s%s: %w%s", redact(urls), as, scrub(err, urls), hint)
+	return fmt.Errorf("connect to NATS at %s%s: %w%s", redactURLs(urls), as, scrub(err, urls), hint)
 }
 
 // scrub hides the URLs' userinfo in err's message (a URL that does not parse comes
@@ -189,7 +192,7 @@ func scrub(err error, urls string) error {
 	clean := msg
 	for _, p := range strings.Split(urls, ",") {
 		if p = strings.TrimSpace(p); p != "" {
-			clean = strings.ReplaceAll(clean, p, redact(p))
+			clean = strings.ReplaceAll(clean, p, redactURLs(p))
 		}
 	}
 	if clean == msg {
@@ -230,23 +233,8 @@ func authName(how string) string {
 	return how
 }
 
-// redact hides passwords and tokens in NATS URLs.
-func redact(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		switch {
-		case err == nil && u.User != nil:
-			// Put in by hand: url.User would escape the asterisks.
-			u.User = nil
-			parts[i] = strings.Replace(u.String(), "://", "://****@", 1)
-		case err != nil && strings.Contains(p, "@"):
-			// Unparsable, so where the userinfo ends is a guess: hide all up to the host.
-			parts[i] = "****@" + p[strings.LastIndex(p, "@")+1:]
-		}
-	}
-	return strings.Join(parts, ",")
-}
+// redact hides passwords and tokens in NATS URLs, by the program's one rule.
+func redactURLs(urls string) string { return redact.URL(urls) }
 
 // Local connects to a server this process started itself (the demo, tests, the
 // benchmark): the operator's NATS_* credentials are for the real cluster, not for it.

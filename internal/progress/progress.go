@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"sync"
 	"time"
 
@@ -27,6 +28,7 @@ type Line struct {
 	now      func() time.Time
 	last     time.Time
 	drawn    bool
+	text     string // what is drawn, to draw again after a log line
 }
 
 // New returns a Line on w that draws only when w is a terminal.
@@ -35,7 +37,11 @@ func New(w io.Writer) *Line { return NewFor(w, IsTerminal(w)) }
 // NewFor returns a Line on w that draws when on is true, whatever w is: for callers
 // that decided already (a --progress flag) and for tests.
 func NewFor(w io.Writer, on bool) *Line {
-	return &Line{w: w, on: on, interval: DefaultInterval, now: time.Now}
+	l := &Line{w: w, on: on, interval: DefaultInterval, now: time.Now}
+	if on {
+		register(l)
+	}
+	return l
 }
 
 // IsTerminal reports whether w is a file descriptor attached to a terminal.
@@ -61,9 +67,10 @@ func (l *Line) Printf(format string, args ...any) {
 	}
 	l.last = now
 	l.drawn = true
+	l.text = fmt.Sprintf(format, args...)
 	// \r back to column 0, then erase to the end of the line: a shorter text must not
 	// leave the tail of a longer one behind.
-	fmt.Fprintf(l.w, "\r"+format+"\x1b[K", args...)
+	fmt.Fprint(l.w, "\r"+l.text+"\x1b[K")
 }
 
 // Clear erases the line, so that what the command prints next starts on a clean
@@ -78,4 +85,66 @@ func (l *Line) Clear() {
 		fmt.Fprint(l.w, "\r\x1b[K")
 		l.drawn = false
 	}
+}
+
+// lines are the Lines drawing now, by the writer they draw on, for Under.
+var (
+	linesMu sync.Mutex
+	lines   []*Line
+)
+
+func register(l *Line) {
+	linesMu.Lock()
+	defer linesMu.Unlock()
+	// One Line per writer at a time: a command's new Line replaces an earlier one.
+	out := lines[:0]
+	for _, o := range lines {
+		if !sameWriter(o.w, l.w) {
+			out = append(out, o)
+		}
+	}
+	lines = append(out, l)
+}
+
+func sameWriter(a, b io.Writer) bool {
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	return ta == tb && ta != nil && ta.Comparable() && a == b
+}
+
+func lineOn(w io.Writer) *Line {
+	linesMu.Lock()
+	defer linesMu.Unlock()
+	for _, l := range lines {
+		if sameWriter(l.w, w) {
+			return l
+		}
+	}
+	return nil
+}
+
+// Under returns a writer for log lines on w (the logger's writer): each write first
+// erases a progress line drawn on w, and draws it again below, so that a log line
+// never starts in the middle of the progress text.
+func Under(w io.Writer) io.Writer { return underWriter{w} }
+
+type underWriter struct{ w io.Writer }
+
+func (u underWriter) Write(p []byte) (int, error) {
+	l := lineOn(u.w)
+	if l == nil {
+		return u.w.Write(p)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.drawn {
+		return u.w.Write(p)
+	}
+	fmt.Fprint(l.w, "\r\x1b[K")
+	n, err := u.w.Write(p)
+	if len(p) > 0 && p[len(p)-1] == '\n' {
+		fmt.Fprint(l.w, "\r"+l.text+"\x1b[K")
+	} else {
+		l.drawn = false
+	}
+	return n, err
 }

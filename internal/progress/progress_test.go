@@ -2,8 +2,10 @@ package progress
 
 import (
 	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -67,5 +69,32 @@ func TestDrawThrottleClear(t *testing.T) {
 	want := "\rread 1\x1b[K\rread 3\x1b[K\r\x1b[K\rdone\x1b[K"
 	if got := buf.String(); got != want {
 		t.Fatalf("wrote %q, want %q", got, want)
+	}
+}
+
+// TestLogLineClearsTheLine: a log line written through Under erases the progress line
+// first and draws it again below, so it never starts at the end of the progress text
+// ("… failed 0time=…").
+func TestLogLineClearsTheLine(t *testing.T) {
+	var buf bytes.Buffer
+	l := NewFor(&buf, true)
+	log := slog.New(slog.NewTextHandler(Under(&buf), nil))
+	log.Info("before any progress")
+	l.Printf("published %d, failed %d", 10, 0)
+	log.Info("a log line")
+	l.Clear()
+	log.Info("after clear")
+	want := "time=" // each log line starts on a fresh line
+	out := buf.String()
+	for _, seg := range strings.Split(out, "\n") {
+		if i := strings.Index(seg, want); i > 0 && !strings.HasSuffix(seg[:i], "\r\x1b[K") {
+			t.Errorf("log line starts after %q, not on a cleared line", seg[:i])
+		}
+	}
+	if !strings.Contains(out, "a log line") || !strings.Contains(out, "\n\rpublished 10, failed 0\x1b[K") {
+		t.Errorf("progress not drawn again after the log line: %q", out)
+	}
+	if strings.Count(out, "published 10") != 2 {
+		t.Errorf("progress drawn again after Clear: %q", out)
 	}
 }

@@ -19,7 +19,7 @@ func Lineage(service string, accountID int64) string {
 }
 
 // Insert adds count active credentials for service, with account ids following the
-// highest one already present, access tokens expiring in expiresIn, and gen-0 tokens
+// highest one already present (or, when there is none, from freshBase), access tokens expiring in expiresIn, and gen-0 tokens
 // the fake provider adopts on first use. It returns the number inserted.
 func Insert(ctx context.Context, db bun.IDB, service string, count int, expiresIn time.Duration) (int, error) {
 	return InsertSealed(ctx, db, nil, service, count, expiresIn)
@@ -43,6 +43,13 @@ func InsertWithProgress(ctx context.Context, db bun.IDB, k *model.Keyring, servi
 		ColumnExpr("coalesce(max(account_id), 0)").
 		Where("service = ?", service).Scan(ctx, &maxAccount); err != nil {
 		return 0, fmt.Errorf("find highest %s account id: %w", service, err)
+	}
+	if maxAccount == 0 {
+		// A table with none of this service's rows (a new or recreated database) starts
+		// from the clock, not from 1: a fake provider that outlived the old database
+		// remembers accounts 1..N as already rotated, and would refuse their fresh
+		// gen-0 tokens as reuse (the rows would end reauth_required).
+		maxAccount = freshBase(clock())
 	}
 	const batch = 1000
 	expires := time.Now().Add(expiresIn)
@@ -74,3 +81,12 @@ func InsertWithProgress(ctx context.Context, db bun.IDB, k *model.Keyring, servi
 	}
 	return inserted, nil
 }
+
+// freshBase is where account ids start for a service with no rows: Unix seconds times
+// a million, so seeding a new database never reuses an account id (and so a fake
+// provider lineage) seeded in an earlier one, unless a million rows were seeded within
+// the same second.
+func freshBase(now time.Time) int64 { return now.Unix() * 1_000_000 }
+
+// clock is time.Now; tests move it.
+var clock = time.Now
