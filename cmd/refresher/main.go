@@ -18,8 +18,8 @@ import (
 
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/logging"
-	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/internal/progress"
+	"github.com/refresher/refresher/model"
 )
 
 func main() {
