@@ -19,7 +19,7 @@ func benchCmd(e *env) *cobra.Command {
 		asJSON                 bool
 		quick                  bool
 		rows, requests, pool   int
-		concurrency            []int
+		concurrency, slowConc  []int
 		cpuProfile, memProfile string
 	)
 	cmd := &cobra.Command{
@@ -65,6 +65,9 @@ seeds it with COPY and drops it at the end. The full run takes several minutes;
 			if f.Changed("concurrency") {
 				o.Concurrencies = concurrency
 			}
+			if f.Changed("slow-concurrency") {
+				o.SlowConcurrencies = slowConc
+			}
 			if f.Changed("pool") {
 				o.Pool = pool
 			}
@@ -97,6 +100,7 @@ seeds it with COPY and drops it at the end. The full run takes several minutes;
 	f.IntVar(&rows, "rows", bench.DefaultOptions().Rows, "rows the publish figure scans (default 5000 with --quick)")
 	f.IntVar(&requests, "requests", bench.DefaultOptions().Requests, "requests of the final per-row consume run (default 1000 with --quick)")
 	f.IntSliceVar(&concurrency, "concurrency", bench.DefaultOptions().Concurrencies, "per-row consume calls in flight to try (default 8,32 with --quick)")
+	f.IntSliceVar(&slowConc, "slow-concurrency", bench.DefaultOptions().SlowConcurrencies, "slow-provider calls in flight to try; the largest is judged (default 16,64,256 with --quick)")
 	f.IntVar(&pool, "pool", bench.DefaultOptions().Pool, "database connections of every consumer and baseline pool")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the final per-row consume run to this file")
 	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the final per-row consume run to this file (and FILE.base, taken before it)")

@@ -161,6 +161,7 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"--concurrency", "8,0"}, "concurrency 0"},
 		{[]string{"--concurrency", "8,x"}, `invalid argument "8,x"`},
 		{[]string{"--pool", "0"}, "pool 0"},
+		{[]string{"--slow-concurrency", "64,5000"}, "concurrency 5000"},
 		{[]string{"extra"}, "unknown command"},
 	}
 	for _, tt := range tests {
