@@ -98,7 +98,7 @@ seeds it with COPY and drops it at the end. The full run takes several minutes;
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
 	f.BoolVar(&quick, "quick", false, "every figure at a small size (seconds, for tests); the figures mean little")
 	f.IntVar(&rows, "rows", bench.DefaultOptions().Rows, "rows the publish figure scans (default 5000 with --quick)")
-	f.IntVar(&requests, "requests", bench.DefaultOptions().Requests, "requests of the final per-row consume run (default 1000 with --quick)")
+	f.IntVar(&requests, "requests", bench.DefaultOptions().Requests, "requests of the final per-row consume run (default 500 with --quick)")
 	f.IntSliceVar(&concurrency, "concurrency", bench.DefaultOptions().Concurrencies, "per-row consume calls in flight to try (default 8,32 with --quick)")
 	f.IntSliceVar(&slowConc, "slow-concurrency", bench.DefaultOptions().SlowConcurrencies, "slow-provider calls in flight to try; the largest is judged (default 16,64,256 with --quick)")
 	f.IntVar(&pool, "pool", bench.DefaultOptions().Pool, "database connections of every consumer and baseline pool")

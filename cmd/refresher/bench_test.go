@@ -96,6 +96,9 @@ func TestBenchQuickJSON(t *testing.T) {
 		t.Errorf("slow provider: %d points", got)
 	}
 	pool := bench.QuickOptions().Pool
+	if c := rep.Consume.Best.Conns; rep.Consume.Best.Pool != pool || c.Peak > pool || c.Backends < 1 {
+		t.Errorf("consume: pool %d, connections %+v; want at most %d", rep.Consume.Best.Pool, c, pool)
+	}
 	for _, p := range rep.Slow.Points {
 		// A provider that takes 100 ms cannot be called faster than in flight / 100 ms.
 		if p.Rate > p.IdealRate*1.05 || p.BaselineRate > p.IdealRate*1.05 {

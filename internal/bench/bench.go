@@ -120,7 +120,7 @@ func QuickOptions() Options {
 	return Options{
 		Quick:             true,
 		Rows:              5_000,
-		Requests:          1_000,
+		Requests:          500,
 		SweepRequests:     300,
 		Pool:              8,
 		Concurrencies:     []int{8, 32},

@@ -66,6 +66,8 @@ type BatchPoint struct {
 	Ratio       float64 `json:"ratio"`
 	PerRowRate  float64 `json:"per_row_rate"`
 	PerRowRatio float64 `json:"per_row_ratio"`
+	// Conns is what the batched consumer run held of the database.
+	Conns ConnPeaks `json:"conns"`
 }
 
 // ConsumePoint is one concurrency's end-to-end rate and its baselines' rates.
@@ -85,6 +87,8 @@ type ConsumePoint struct {
 	// second transaction and NATS cost together.
 	MinimalRate  float64 `json:"minimal_rate"`
 	MinimalRatio float64 `json:"minimal_ratio"`
+	// Conns is what the consumer run held of the database.
+	Conns ConnPeaks `json:"conns"`
 }
 
 func (r *rig) consumeFigure(ctx context.Context, rep *Report) error {
@@ -162,7 +166,7 @@ func (r *rig) batchPoint(ctx context.Context, conc, k, n int) (BatchPoint, error
 	if run.stats.Refreshed != int64(n) {
 		return bp, fmt.Errorf("batch consumer (%d) refreshed %d of %d requests: %+v", k, run.stats.Refreshed, n, run.stats)
 	}
-	bp.Rate = run.rate()
+	bp.Rate, bp.Conns = run.rate(), run.conns
 	return bp, nil
 }
 
@@ -218,7 +222,7 @@ func (r *rig) consumePoint(ctx context.Context, conc, n int, final bool) (Consum
 	if run.stats.Refreshed != int64(n) {
 		return pt, DBDelta{}, fmt.Errorf("consumer at concurrency %d refreshed %d of %d requests: %+v", conc, run.stats.Refreshed, n, run.stats)
 	}
-	pt.Rate = run.rate()
+	pt.Rate, pt.Conns = run.rate(), run.conns
 	pt.Ratio = ratio(pt.Rate, pt.BaselineRate)
 	pt.MinimalRatio = ratio(pt.Rate, pt.MinimalRate)
 	if !final {

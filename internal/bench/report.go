@@ -166,7 +166,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		fmt.Sprintf("%s rows: %s", num(float64(p.RSS.SmallRows)), mib(p.RSS.SmallKiB)), p.RSS.Ratio, TargetRSS)
 
 	c := rep.Consume
-	row(fmt.Sprintf("2 consume %s, %d in flight, pool %d, %s requests", c.Mode, c.Best.Concurrency, c.Best.Pool, num(float64(c.Best.Requests))),
+	row(fmt.Sprintf("2 consume %s, %d in flight, pool %d (%d open at most), %s requests", c.Mode, c.Best.Concurrency, c.Best.Pool, c.Best.Conns.Peak, num(float64(c.Best.Requests))),
 		num(c.Best.Rate)+" refresh/s", fmt.Sprintf("bare lock-and-update, %d conns: %s tx/s", c.Best.Pool, num(c.Best.MinimalRate)), c.Best.MinimalRatio, TargetMinimal)
 	row("    the same consumer beside its own claim, call and commit (RefreshNow, no NATS)", num(c.Best.Rate)+" refresh/s",
 		fmt.Sprintf("RefreshNow, %d in flight, pool %d: %s/s", c.Best.Concurrency, c.Best.Pool, num(c.Best.BaselineRate)), c.Best.Ratio, TargetConsume)
@@ -181,7 +181,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		if b == c.BestBatch {
 			target = TargetBatch
 		}
-		row(fmt.Sprintf("2 consume batched, %d per commit, %d in flight, pool %d, %s requests", b.BatchSize, b.Concurrency, b.Pool, num(float64(b.Requests))),
+		row(fmt.Sprintf("2 consume batched, %d per commit, %d in flight, pool %d (%d open at most), %s requests", b.BatchSize, b.Concurrency, b.Pool, b.Conns.Peak, num(float64(b.Requests))),
 			num(b.Rate)+" refresh/s", fmt.Sprintf("bare lock-and-update, %d conns: %s tx/s (per-row: %s/s, %.2fx)", b.Pool, num(b.MinimalRate), num(b.PerRowRate), b.PerRowRatio), b.Ratio, target)
 	}
 

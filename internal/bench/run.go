@@ -144,14 +144,17 @@ func fill(ctx context.Context, db *bun.DB, n int) error {
 }
 
 // consumePooled is consume on a pool of Options.Pool connections of its own, closed
-// when the run ends.
+// when the run ends, with the connections it held sampled meanwhile.
 func (r *rig) consumePooled(ctx context.Context, service string, prov provider.Refresher, conc, want int, during func(context.Context) error) (consumerRun, error) {
 	db, err := r.openPool(ctx, r.opts.Pool)
 	if err != nil {
 		return consumerRun{}, err
 	}
 	defer db.Close()
-	return r.consume(ctx, db, service, prov, conc, want, during)
+	stopSampling := r.sampleConns(ctx, db)
+	run, err := r.consume(ctx, db, service, prov, conc, want, during)
+	run.conns = stopSampling()
+	return run, err
 }
 
 // directPooled is direct on a pool of Options.Pool connections of its own, closed
@@ -170,6 +173,7 @@ type consumerRun struct {
 	elapsed time.Duration // from bound to the last expected message finished
 	stats   consumer.Stats
 	tally   *tally
+	conns   ConnPeaks // sampled by consumePooled
 }
 
 // rate is finished messages per second.

@@ -102,14 +102,8 @@ func (r *rig) slowFigure(ctx context.Context, rep *Report) error {
 			if err := r.publishRequests(ctx, n, func(i int) *nats.Msg { return requestMsg(serviceConsume, ids[i]) }); err != nil {
 				return err
 			}
-			db, err := r.openPool(ctx, pool)
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			stopSampling := r.sampleConns(ctx, db)
-			run, err := r.consume(ctx, db, serviceConsume, prov, inFlight, n, nil)
-			pt.Conns = stopSampling()
+			run, err := r.consumePooled(ctx, serviceConsume, prov, inFlight, n, nil)
+			pt.Conns = run.conns
 			if err != nil {
 				return err
 			}
