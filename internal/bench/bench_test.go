@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -248,4 +250,60 @@ func TestNum(t *testing.T) {
 			t.Errorf("num(%v) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestTargetFigures checks that every target names where its value is in the JSON
+// report, and that the value there is the one judged.
+func TestTargetFigures(t *testing.T) {
+	rep := &Report{}
+	rep.Consume.Best.Ratio = 0.91
+	rep.Consume.Best.MinimalRatio = 0.61
+	rep.Consume.BestBatch.Ratio = 2.5
+	rep.Publish.Ratio = 0.93
+	rep.Publish.RSS.Ratio = 1.02
+	rep.Duplicates.CallsPerRow = 1.001
+	rep.Slow.Points = []SlowPoint{{InFlight: 64, Ratio: 0.5}, {InFlight: 1024, Ratio: 0.85, Conns: ConnPeaks{Peak: 7}}, {InFlight: 256}}
+	rep.judge()
+	var b strings.Builder
+	if err := rep.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var doc any
+	if err := json.Unmarshal([]byte(b.String()), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range rep.Targets {
+		v, ok := lookup(doc, tg.Figure)
+		if !ok {
+			t.Errorf("%s: figure %q not in the report", tg.Name, tg.Figure)
+			continue
+		}
+		if v != tg.Value {
+			t.Errorf("%s: %s is %v, target judged %v", tg.Name, tg.Figure, v, tg.Value)
+		}
+	}
+}
+
+// lookup follows a path like "a.b[2].c" through decoded JSON to a number.
+func lookup(doc any, path string) (float64, bool) {
+	for _, part := range strings.Split(path, ".") {
+		name, idx, indexed := strings.Cut(part, "[")
+		m, ok := doc.(map[string]any)
+		if !ok {
+			return 0, false
+		}
+		if doc, ok = m[name]; !ok {
+			return 0, false
+		}
+		if indexed {
+			i, err := strconv.Atoi(strings.TrimSuffix(idx, "]"))
+			a, ok := doc.([]any)
+			if err != nil || !ok || i < 0 || i >= len(a) {
+				return 0, false
+			}
+			doc = a[i]
+		}
+	}
+	f, ok := doc.(float64)
+	return f, ok
 }

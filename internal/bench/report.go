@@ -33,11 +33,13 @@ type Report struct {
 
 // Target is one of the issue's targets, judged on this run's ratio.
 type Target struct {
-	Name  string  `json:"name"`
-	Value float64 `json:"value"`
-	Op    string  `json:"op"`
-	Limit float64 `json:"limit"`
-	Pass  bool    `json:"pass"`
+	Name string `json:"name"`
+	// Figure is where Value is in the JSON report.
+	Figure string  `json:"figure"`
+	Value  float64 `json:"value"`
+	Op     string  `json:"op"`
+	Limit  float64 `json:"limit"`
+	Pass   bool    `json:"pass"`
 }
 
 // Targets (issues 5 and 8): their names, as in Report.Targets, and limits.
@@ -66,36 +68,39 @@ const (
 
 // judge sets Targets from the figures.
 func (rep *Report) judge() {
-	atLeast := func(name string, v, limit float64) Target {
-		return Target{Name: name, Value: v, Op: ">=", Limit: limit, Pass: v >= limit}
+	atLeast := func(name, figure string, v, limit float64) Target {
+		return Target{Name: name, Figure: figure, Value: v, Op: ">=", Limit: limit, Pass: v >= limit}
 	}
-	atMost := func(name string, v, limit float64) Target {
-		return Target{Name: name, Value: v, Op: "<=", Limit: limit, Pass: v <= limit}
+	atMost := func(name, figure string, v, limit float64) Target {
+		return Target{Name: name, Figure: figure, Value: v, Op: "<=", Limit: limit, Pass: v <= limit}
 	}
-	slow := rep.Slow.judged()
+	slow, at := rep.Slow.judged()
+	slowFig := fmt.Sprintf("slow_provider.points[%d]", at)
 	rep.Targets = []Target{
-		atLeast(TargetConsume, rep.Consume.Best.Ratio, targetConsumeRatio),
-		atLeast(TargetMinimal, rep.Consume.Best.MinimalRatio, targetMinimalRatio),
-		atLeast(TargetPublish, rep.Publish.Ratio, targetPublishRatio),
-		atMost(TargetRSS, rep.Publish.RSS.Ratio, targetRSSRatio),
-		atMost(TargetDuplicates, rep.Duplicates.CallsPerRow, targetCallsPerRow),
-		atMost(TargetSkipWrites, float64(rep.Skip.DB.RowsUpdated), 0),
-		atLeast(TargetBatch, rep.Consume.BestBatch.Ratio, targetBatchRatio),
-		atLeast(TargetSlow, slow.Ratio, targetSlowRatio),
+		atLeast(TargetConsume, "consume.best.ratio", rep.Consume.Best.Ratio, targetConsumeRatio),
+		atLeast(TargetMinimal, "consume.best.minimal_ratio", rep.Consume.Best.MinimalRatio, targetMinimalRatio),
+		atLeast(TargetPublish, "publish.ratio", rep.Publish.Ratio, targetPublishRatio),
+		atMost(TargetRSS, "publish.rss.ratio", rep.Publish.RSS.Ratio, targetRSSRatio),
+		atMost(TargetDuplicates, "duplicates.calls_per_row", rep.Duplicates.CallsPerRow, targetCallsPerRow),
+		atMost(TargetSkipWrites, "skip.db.rows_updated", float64(rep.Skip.DB.RowsUpdated), 0),
+		atLeast(TargetBatch, "consume.best_batch.ratio", rep.Consume.BestBatch.Ratio, targetBatchRatio),
+		atLeast(TargetSlow, slowFig+".ratio", slow.Ratio, targetSlowRatio),
 		// No point measured means no connection count to judge: missed, not passed.
-		atMost(TargetSlowConns, float64(cmp.Or(slow.Conns.Peak, math.MaxInt32)), targetSlowConns),
+		atMost(TargetSlowConns, slowFig+".conns.peak", float64(cmp.Or(slow.Conns.Peak, math.MaxInt32)), targetSlowConns),
 	}
 }
 
-// judged is the point the slow-provider targets judge: the most calls in flight.
-func (f SlowFigure) judged() SlowPoint {
+// judged is the point the slow-provider targets judge, the most calls in flight,
+// and its index in Points (-1: none).
+func (f SlowFigure) judged() (SlowPoint, int) {
 	var p SlowPoint
-	for _, pt := range f.Points {
+	at := -1
+	for i, pt := range f.Points {
 		if pt.InFlight >= p.InFlight {
-			p = pt
+			p, at = pt, i
 		}
 	}
-	return p
+	return p, at
 }
 
 // Missed counts the targets not met.
@@ -192,7 +197,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	row("    publish to refreshed_at (provider call began)", fmt.Sprintf("p50 %.1f ms, p99 %.1f ms", l.RefreshedP50Ms, l.RefreshedP99Ms), "", 0, "")
 
 	s := rep.Slow
-	judged := s.judged()
+	judged, _ := s.judged()
 	for _, pt := range s.Points {
 		target, connTarget := "", ""
 		if pt.InFlight == judged.InFlight {
