@@ -203,10 +203,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		if pt.InFlight == judged.InFlight {
 			target, connTarget = TargetSlow, TargetSlowConns
 		}
-		row(fmt.Sprintf("4 slow provider %.0f ms, %d in flight, pool %d", s.LatencyMs, pt.InFlight, pt.Pool),
+		row(fmt.Sprintf("4 slow provider %.0f ms, %s in flight, pool %d", s.LatencyMs, num(float64(pt.InFlight)), pt.Pool),
 			num(pt.Rate)+" refresh/s", fmt.Sprintf("min(ideal %s/s, instant per-row %s/s); RefreshNow %s/s", num(pt.IdealRate), num(pt.InstantRate), num(pt.BaselineRate)), pt.Ratio, target)
 		row("    peak connections open (busy at once; waits for one)", fmt.Sprintf("%d (%d busy; %s waits, %.0f ms)", pt.Conns.Peak, pt.Conns.InUse, num(float64(pt.Conns.WaitCount)), pt.Conns.WaitMs),
-			fmt.Sprintf("pool %d, %d in flight", pt.Pool, pt.InFlight), 0, connTarget)
+			fmt.Sprintf("pool %d, %s in flight", pt.Pool, num(float64(pt.InFlight))), 0, connTarget)
 	}
 
 	d := rep.Duplicates

@@ -132,15 +132,15 @@ func (r *rig) flattens(f SlowFigure) string {
 		return ""
 	}
 	last := f.Points[len(f.Points)-1]
-	bound := fmt.Sprintf("the provider latency: %d in flight / %s = %s/s is below what the pool of %d commits with an instant provider (%s/s)",
-		last.InFlight, r.opts.SlowLatency, num(last.IdealRate), f.Pool, num(f.InstantRate))
+	bound := fmt.Sprintf("the provider latency: %s in flight / %s = %s/s is below what the pool of %d commits with an instant provider (%s/s)",
+		num(float64(last.InFlight)), r.opts.SlowLatency, num(last.IdealRate), f.Pool, num(f.InstantRate))
 	if last.InstantRate < last.IdealRate {
-		bound = fmt.Sprintf("the database work of the pool of %d (claim and commit per refresh: the instant-provider per-row rate, %s/s), below the ideal %d in flight / %s = %s/s",
-			f.Pool, num(f.InstantRate), last.InFlight, r.opts.SlowLatency, num(last.IdealRate))
+		bound = fmt.Sprintf("the database work of the pool of %d (claim and commit per refresh: the instant-provider per-row rate, %s/s), below the ideal %s in flight / %s = %s/s",
+			f.Pool, num(f.InstantRate), num(float64(last.InFlight)), r.opts.SlowLatency, num(last.IdealRate))
 	}
-	return fmt.Sprintf("with %d calls in flight the rate is %s/s, %.2f of its ceiling, which is %s; "+
+	return fmt.Sprintf("with %s calls in flight the rate is %s/s, %.2f of its ceiling, which is %s; "+
 		"at most %d connections were open (%d busy at once), whatever the calls in flight",
-		last.InFlight, num(last.Rate), last.Ratio, bound, last.Conns.Peak, last.Conns.InUse)
+		num(float64(last.InFlight)), num(last.Rate), last.Ratio, bound, last.Conns.Peak, last.Conns.InUse)
 }
 
 // sampleConns samples, until stop is called, how many connections db has open and
