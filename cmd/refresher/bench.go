@@ -20,26 +20,31 @@ func benchCmd(e *env) *cobra.Command {
 	var (
 		asJSON                 bool
 		quick                  bool
-		rows, requests         int
-		concurrency            []int
+		rows, requests, pool   int
+		concurrency, slowConc  []int
 		cpuProfile, memProfile string
 	)
 	cmd := &cobra.Command{
-		Use:   "bench [--json] [--rows N] [--quick]",
+		Use:   "bench [--json] [--rows N] [--pool N] [--quick]",
 		Short: "Measure publish and consume rates, latency and memory beside same-run baselines",
 		Long: `Measure refresher on this machine, each figure beside the baseline it should be judged
 against, measured in the same run, and their ratio:
 
   1. publish: PublishScan over --rows rows vs a raw PublishAsync loop of the same
      messages; peak RSS of "refresher publish" (a child process) at rows/10 and rows
-  2. consume, one transaction per message, instant in-process provider, at each
-     --concurrency: end-to-end rate vs the same lock-and-update transaction run
-     directly on the database at the same concurrency; the best is rerun with
-     --requests requests
-  3. latency at 200 requests/s: publish to commit, vs the direct transaction
-  4. slow provider (100 ms) at concurrency 32, 128, 512, bounded by the pool
+  2. consume per row (claim, call, commit), instant in-process provider, at each
+     --concurrency (calls in flight) on a pool of --pool connections: end-to-end
+     rate vs the bare lock-and-update transaction on as many connections, and vs
+     the consumer's own claim, call and commit run directly (RefreshNow); the best
+     is rerun with --requests requests; then batched commits vs the bare transaction
+  3. latency at 200 requests/s: publish to commit, vs RefreshNow
+  4. slow provider (100 ms) at 64, 256 and 1,024 calls in flight on the same pool:
+     rate vs min(in flight / latency, the instant-provider rate), peak connections
   5. duplicates: 10 requests per row, provider calls per row, cost of a skip
   6. skip path: rate, and proof from pg_stat_database that it writes nothing
+
+Every consumer and baseline works on a pool of --pool connections (default 8):
+provider calls in flight hold no connection, so the pool does not follow them.
 
 It starts nats-server in-process, finds PostgreSQL like "demo" (DATABASE_URL, the
 server on 127.0.0.1:5432, or a throwaway cluster), works in a database of its own,
@@ -61,6 +66,12 @@ seeds it with COPY and drops it at the end. The full run takes several minutes;
 			}
 			if f.Changed("concurrency") {
 				o.Concurrencies = concurrency
+			}
+			if f.Changed("slow-concurrency") {
+				o.SlowConcurrencies = slowConc
+			}
+			if f.Changed("pool") {
+				o.Pool = pool
 			}
 			o.CPUProfile, o.MemProfile = cpuProfile, memProfile
 			o.Log = e.log
@@ -93,7 +104,9 @@ seeds it with COPY and drops it at the end. The full run takes several minutes;
 	def, q := bench.DefaultOptions(), bench.QuickOptions()
 	f.IntVar(&rows, "rows", 0, fmt.Sprintf("rows the publish figure scans (default %d; %d with --quick)", def.Rows, q.Rows))
 	f.IntVar(&requests, "requests", 0, fmt.Sprintf("requests of the final per-row consume run (default %d; %d with --quick)", def.Requests, q.Requests))
-	f.IntSliceVar(&concurrency, "concurrency", nil, fmt.Sprintf("consume concurrencies to try (default %s; %s with --quick)", ints(def.Concurrencies), ints(q.Concurrencies)))
+	f.IntSliceVar(&concurrency, "concurrency", nil, fmt.Sprintf("per-row consume calls in flight to try (default %s; %s with --quick)", ints(def.Concurrencies), ints(q.Concurrencies)))
+	f.IntSliceVar(&slowConc, "slow-concurrency", nil, fmt.Sprintf("slow-provider calls in flight to try; the largest is judged (default %s; %s with --quick)", ints(def.SlowConcurrencies), ints(q.SlowConcurrencies)))
+	f.IntVar(&pool, "pool", 0, fmt.Sprintf("database connections of every consumer and baseline pool (default %d)", def.Pool))
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the final per-row consume run to this file")
 	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the final per-row consume run to this file (and FILE.base, taken before it)")
 	cmd.AddCommand(benchPublishChildCmd(e))

@@ -66,6 +66,9 @@ func TestBenchQuickJSON(t *testing.T) {
 		"slow_provider.points[0].rate":   firstSlow(rep).Rate,
 		"slow_provider.points[0].ideal":  firstSlow(rep).IdealRate,
 		"slow_provider.points[0].direct": firstSlow(rep).BaselineRate,
+		"slow_provider.points[0].peak":   float64(firstSlow(rep).Conns.Peak),
+		"consume.best.minimal_rate":      rep.Consume.Best.MinimalRate,
+		"consume.best.minimal_ratio":     rep.Consume.Best.MinimalRatio,
 	}
 	for name, v := range positive {
 		if !(v > 0) {
@@ -92,17 +95,29 @@ func TestBenchQuickJSON(t *testing.T) {
 	if got := len(rep.Slow.Points); got != len(bench.QuickOptions().SlowConcurrencies) {
 		t.Errorf("slow provider: %d points", got)
 	}
+	pool := bench.QuickOptions().Pool
+	if c := rep.Consume.Best.Conns; rep.Consume.Best.Pool != pool || c.Peak > pool || c.Backends < 1 {
+		t.Errorf("consume: pool %d, connections %+v; want at most %d", rep.Consume.Best.Pool, c, pool)
+	}
 	for _, p := range rep.Slow.Points {
-		// A provider that takes 100 ms cannot be called faster than concurrency / 100 ms.
+		// A provider that takes 100 ms cannot be called faster than in flight / 100 ms.
 		if p.Rate > p.IdealRate*1.05 || p.BaselineRate > p.IdealRate*1.05 {
-			t.Errorf("slow provider at %d: rate %.0f, baseline %.0f above the ideal %.0f", p.Effective, p.Rate, p.BaselineRate, p.IdealRate)
+			t.Errorf("slow provider at %d: rate %.0f, baseline %.0f above the ideal %.0f", p.InFlight, p.Rate, p.BaselineRate, p.IdealRate)
+		}
+		// Calls in flight hold no connection: the pool bounds the connections, not them.
+		if p.Pool != pool || p.Conns.Peak > pool || p.Conns.InUse > pool || p.Conns.Backends < 1 {
+			t.Errorf("slow provider at %d in flight: pool %d, connections %+v; want at most %d", p.InFlight, p.Pool, p.Conns, pool)
 		}
 	}
 	if rep.Skip.DB.RowsUpdated != 0 || rep.Skip.DB.Rollbacks < int64(rep.Skip.Requests) {
 		t.Errorf("skip path wrote: %+v", rep.Skip.DB)
 	}
-	if len(rep.Targets) != 6 {
-		t.Errorf("%d targets, want 6", len(rep.Targets))
+	if len(rep.Targets) != 9 {
+		t.Errorf("%d targets, want 9", len(rep.Targets))
+	}
+	if len(rep.Consume.MinimalSQL) == 0 || len(rep.Consume.MinimalMissing) != 0 || len(rep.Consume.MinimalExtra) == 0 {
+		t.Errorf("bare transaction's statements %q: the consumer misses %q of them and adds %q",
+			rep.Consume.MinimalSQL, rep.Consume.MinimalMissing, rep.Consume.MinimalExtra)
 	}
 	if len(rep.Consume.Batch) == 0 || rep.Consume.BestBatch.Rate <= 0 || rep.Consume.Best.MinimalRate <= 0 {
 		t.Errorf("batch figure %+v, minimal rate %v", rep.Consume.Batch, rep.Consume.Best.MinimalRate)
@@ -148,6 +163,8 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"--requests", "0"}, "requests 0"},
 		{[]string{"--concurrency", "8,0"}, "concurrency 0"},
 		{[]string{"--concurrency", "8,x"}, `invalid argument "8,x"`},
+		{[]string{"--pool", "0"}, "pool 0"},
+		{[]string{"--slow-concurrency", "64,5000"}, "concurrency 5000"},
 		{[]string{"extra"}, "unknown command"},
 	}
 	for _, tt := range tests {

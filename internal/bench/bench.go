@@ -1,7 +1,10 @@
 // Package bench measures refresher on the machine it runs on, and measures beside each
 // figure the baseline it should be judged against, in the same run: the publisher
-// against a raw PublishAsync loop, the consumer against the same lock-and-update
-// transaction run directly on the database, the skip path against a refresh. It
+// against a raw PublishAsync loop, the consumer against its own claim, call and
+// commit run directly (RefreshNow) and against the bare lock-and-update transaction
+// on as many connections, the slow provider against the ideal and the instant one,
+// the skip path against a refresh. Every consumer and baseline works on a pool of
+// Options.Pool connections, whatever its calls in flight. It
 // starts its own nats-server, finds PostgreSQL like the demo does, works in a
 // database of its own and drops it at the end. `refresher bench` drives it.
 package bench
@@ -44,12 +47,17 @@ type Options struct {
 	Requests int
 	// SweepRequests is the size of each consume run while looking for that concurrency.
 	SweepRequests int
-	// Concurrencies are tried for the per-row consume figure.
+	// Pool is the size of every database pool a measured run opens: each consumer's
+	// (REFRESHER_DB_MAX_CONNS) and each baseline's. Provider calls in flight no longer
+	// hold a connection, so it does not follow the concurrency.
+	Pool int
+	// Concurrencies are the calls in flight (REFRESHER_CONCURRENCY) tried for the
+	// per-row consume figure, all on a pool of Pool connections.
 	Concurrencies []int
 	// BatchSizes are tried with batched commits at the best per-row concurrency.
 	BatchSizes []int
-	// SlowConcurrencies are the slow-provider figure's concurrencies; each is capped by
-	// the database connections available.
+	// SlowConcurrencies are the slow-provider figure's calls in flight, on a pool of
+	// Pool connections; the last, largest one is judged.
 	SlowConcurrencies []int
 	// SlowLatency is the slow provider's answer time.
 	SlowLatency time.Duration
@@ -64,8 +72,8 @@ type Options struct {
 	DuplicateFactor int
 	// SkipRequests are requests the skip rule answers, in the skip-path figure.
 	SkipRequests int
-	// MaxConns caps every database pool the bench opens; 0 means what the server's
-	// max_connections leaves free, less a margin for other clients.
+	// MaxConns is the most connections one pool may hold; 0 means what the server's
+	// max_connections leaves free, less a margin for other clients. Pool must fit.
 	MaxConns int
 	// Exe and ExeArgs are the command line the peak-RSS figure runs as a child
 	// process, so that seeding and the in-process nats-server do not count: it must
@@ -93,9 +101,10 @@ func DefaultOptions() Options {
 		Rows:              1_000_000,
 		Requests:          100_000,
 		SweepRequests:     20_000,
-		Concurrencies:     []int{8, 16, 32, 64},
+		Pool:              8,
+		Concurrencies:     []int{8, 32, 128, 256},
 		BatchSizes:        []int{8, 16, 32},
-		SlowConcurrencies: []int{32, 128, 512},
+		SlowConcurrencies: []int{64, 256, 1024},
 		SlowLatency:       100 * time.Millisecond,
 		SlowRounds:        20,
 		LatencyRate:       200,
@@ -111,11 +120,12 @@ func QuickOptions() Options {
 	return Options{
 		Quick:             true,
 		Rows:              5_000,
-		Requests:          1_000,
+		Requests:          500,
 		SweepRequests:     300,
-		Concurrencies:     []int{4, 16},
+		Pool:              8,
+		Concurrencies:     []int{8, 32},
 		BatchSizes:        []int{4, 16},
-		SlowConcurrencies: []int{8, 16, 32},
+		SlowConcurrencies: []int{16, 64, 256},
 		SlowLatency:       100 * time.Millisecond,
 		SlowRounds:        2,
 		LatencyRate:       200,
@@ -136,6 +146,8 @@ func (o Options) Validate() error {
 	switch {
 	case o.Rows < 10:
 		return bad("rows %d: want at least 10", o.Rows)
+	case o.Pool < 1 || o.Pool > 64:
+		return bad("pool %d: want 1 to 64 connections", o.Pool)
 	case o.Requests < 1:
 		return bad("requests %d: want at least 1", o.Requests)
 	case o.SweepRequests < 1:
@@ -156,8 +168,8 @@ func (o Options) Validate() error {
 		return bad("duplicates %d rows x %d: want at least 1 row and 2 requests per row", o.DuplicateRows, o.DuplicateFactor)
 	case o.SkipRequests < 1:
 		return bad("skip requests %d: want at least 1", o.SkipRequests)
-	case o.MaxConns < 0 || (o.MaxConns > 0 && o.MaxConns < minConns):
-		return bad("max connections %d: want 0 (automatic) or at least %d", o.MaxConns, minConns)
+	case o.MaxConns < 0 || (o.MaxConns > 0 && o.MaxConns < o.Pool):
+		return bad("max connections %d: want 0 (automatic) or at least the pool (%d)", o.MaxConns, o.Pool)
 	case o.Exe == "":
 		return bad("no refresher binary for the peak-RSS child process")
 	}
@@ -168,14 +180,6 @@ func (o Options) Validate() error {
 	}
 	return nil
 }
-
-// minConns is the smallest pool budget a run can work with: a consumer of
-// concurrency 1 plus the pool's spare connections.
-const minConns = 1 + poolSpare
-
-// poolSpare is what a consumer's pool holds beyond its concurrency, as
-// REFRESHER_DB_MAX_CONNS=0 sizes it.
-const poolSpare = 4
 
 // Services the bench seeds, one per purpose so that the figures do not share rows.
 const (
@@ -311,7 +315,8 @@ func (r *rig) start(ctx context.Context) error {
 
 // connectionBudget decides how many connections one pool may hold: what
 // max_connections leaves free now, less a margin so that other clients of a shared
-// server keep working, and less what this process holds already.
+// server keep working, and less what this process holds already. The pool of every
+// measured run must fit in it.
 func (r *rig) connectionBudget(ctx context.Context) error {
 	var maxConn, reserved, inUse int
 	err := r.admin.QueryRow(ctx, `SELECT current_setting('max_connections')::int,
@@ -331,8 +336,8 @@ func (r *rig) connectionBudget(ctx context.Context) error {
 		r.maxConns = r.opts.MaxConns
 		r.connsReason = fmt.Sprintf("capped by option at %d (server would allow %d: %s)", r.opts.MaxConns, free, r.connsReason)
 	}
-	if r.maxConns < minConns {
-		return fmt.Errorf("PostgreSQL has %d connections to spare (%s): need at least %d", free, r.connsReason, minConns)
+	if r.maxConns < r.opts.Pool {
+		return fmt.Errorf("PostgreSQL has %d connections to spare (%s): the pool needs %d", r.maxConns, r.connsReason, r.opts.Pool)
 	}
 	return nil
 }

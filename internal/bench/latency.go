@@ -22,18 +22,21 @@ type LatencyFigure struct {
 	Rate         int     `json:"rate"`
 	AchievedRate float64 `json:"achieved_rate"`
 	Requests     int     `json:"requests"`
-	Concurrency  int     `json:"concurrency"`
+	// Concurrency is the calls in flight, on a pool of Pool connections.
+	Concurrency int `json:"concurrency"`
+	Pool        int `json:"pool"`
 	// AckP50Ms and AckP99Ms run from just before the publish to the consumer's
 	// acknowledgement, which it sends only after the commit: an upper bound on
 	// publish-to-commit, seen on the ack subject by a plain subscriber.
 	AckP50Ms float64 `json:"ack_p50_ms"`
 	AckP99Ms float64 `json:"ack_p99_ms"`
 	// RefreshedP50Ms and RefreshedP99Ms run to refreshed_at, the moment the provider
-	// call began inside the transaction: a lower bound on publish-to-commit.
+	// call began (after the claim committed): a lower bound on publish-to-commit.
 	RefreshedP50Ms float64 `json:"refreshed_p50_ms"`
 	RefreshedP99Ms float64 `json:"refreshed_p99_ms"`
-	// BaselineP50Ms and BaselineP99Ms are the same transaction run directly at the
-	// same rate and concurrency, from its scheduled start to its commit.
+	// BaselineP50Ms and BaselineP99Ms are RefreshNow (the same claim, call and commit,
+	// no NATS) at the same rate, calls in flight and pool size, from its scheduled
+	// start to its commit.
 	BaselineP50Ms float64 `json:"baseline_p50_ms"`
 	BaselineP99Ms float64 `json:"baseline_p99_ms"`
 	// Ratio is AckP50Ms / BaselineP50Ms: what NATS adds to the database's latency.
@@ -48,7 +51,7 @@ func latencyRequests(o Options) int {
 func (r *rig) latencyFigure(ctx context.Context, rep *Report) error {
 	n := latencyRequests(r.opts)
 	conc := rep.Consume.Best.Concurrency
-	f := LatencyFigure{Rate: r.opts.LatencyRate, Requests: n, Concurrency: conc}
+	f := LatencyFigure{Rate: r.opts.LatencyRate, Requests: n, Concurrency: conc, Pool: r.opts.Pool}
 	ids := r.consIDs[:n]
 	interval := time.Second / time.Duration(r.opts.LatencyRate)
 	prov := &instantProvider{}
@@ -153,7 +156,7 @@ func (r *rig) latencyFigure(ctx context.Context, rep *Report) error {
 	f.AckP50Ms, f.AckP99Ms = ms(percentile(toAck, 50)), ms(percentile(toAck, 99))
 	f.RefreshedP50Ms, f.RefreshedP99Ms = ms(percentile(toRefreshed, 50)), ms(percentile(toRefreshed, 99))
 
-	db, err := r.openPool(ctx, conc)
+	db, err := r.openPool(ctx, r.opts.Pool)
 	if err != nil {
 		return err
 	}
@@ -168,7 +171,7 @@ func (r *rig) latencyFigure(ctx context.Context, rep *Report) error {
 	return nil
 }
 
-// directAtRate starts one direct transaction per interval, at most conc at once,
+// directAtRate starts one RefreshNow per interval, at most conc at once,
 // and returns each one's time from its scheduled start to its commit.
 func (r *rig) directAtRate(ctx context.Context, db *bun.DB, conc int, ids []int64, interval time.Duration) ([]time.Duration, error) {
 	c, err := r.directConsumer(db, &instantProvider{}, conc)

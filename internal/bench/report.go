@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -32,45 +33,74 @@ type Report struct {
 
 // Target is one of the issue's targets, judged on this run's ratio.
 type Target struct {
-	Name  string  `json:"name"`
-	Value float64 `json:"value"`
-	Op    string  `json:"op"`
-	Limit float64 `json:"limit"`
-	Pass  bool    `json:"pass"`
+	Name string `json:"name"`
+	// Figure is where Value is in the JSON report.
+	Figure string  `json:"figure"`
+	Value  float64 `json:"value"`
+	Op     string  `json:"op"`
+	Limit  float64 `json:"limit"`
+	Pass   bool    `json:"pass"`
 }
 
-// Targets (issue 5): their names, as in Report.Targets, and limits.
+// Targets (issues 5 and 8): their names, as in Report.Targets, and limits.
 const (
-	TargetConsume    = "per-row consume / direct transaction, same concurrency"
+	TargetConsume    = "per-row consume / direct claim-call-commit (RefreshNow), same calls in flight and pool"
+	TargetMinimal    = "per-row consume / bare lock-and-update, same connections"
 	TargetPublish    = "publish / raw PublishAsync"
 	TargetRSS        = "publish peak RSS, large / small row count"
 	TargetDuplicates = "provider calls per row, duplicated requests"
 	TargetSkipWrites = "rows written by the skip path"
-	TargetBatch      = "batched commits / per-row consume, same concurrency"
+	TargetBatch      = "batched commits / bare lock-and-update, same connections"
+	TargetSlow       = "slow provider, most calls in flight: rate / min(ideal, instant-provider per-row rate)"
+	TargetSlowConns  = "slow provider, most calls in flight: peak database connections"
 
 	targetConsumeRatio = 0.8
+	// targetMinimalRatio is what the consumer reached before claims (issue 8: "today
+	// 0.57x; do not fall below").
+	targetMinimalRatio = 0.57
 	targetPublishRatio = 0.7
 	targetBatchRatio   = 2.0
 	targetRSSRatio     = 1.10
 	targetCallsPerRow  = 1.05
+	targetSlowRatio    = 0.8
+	targetSlowConns    = 8
 )
 
 // judge sets Targets from the figures.
 func (rep *Report) judge() {
-	atLeast := func(name string, v, limit float64) Target {
-		return Target{Name: name, Value: v, Op: ">=", Limit: limit, Pass: v >= limit}
+	atLeast := func(name, figure string, v, limit float64) Target {
+		return Target{Name: name, Figure: figure, Value: v, Op: ">=", Limit: limit, Pass: v >= limit}
 	}
-	atMost := func(name string, v, limit float64) Target {
-		return Target{Name: name, Value: v, Op: "<=", Limit: limit, Pass: v <= limit}
+	atMost := func(name, figure string, v, limit float64) Target {
+		return Target{Name: name, Figure: figure, Value: v, Op: "<=", Limit: limit, Pass: v <= limit}
 	}
+	slow, at := rep.Slow.judged()
+	slowFig := fmt.Sprintf("slow_provider.points[%d]", at)
 	rep.Targets = []Target{
-		atLeast(TargetConsume, rep.Consume.Best.Ratio, targetConsumeRatio),
-		atLeast(TargetPublish, rep.Publish.Ratio, targetPublishRatio),
-		atMost(TargetRSS, rep.Publish.RSS.Ratio, targetRSSRatio),
-		atMost(TargetDuplicates, rep.Duplicates.CallsPerRow, targetCallsPerRow),
-		atMost(TargetSkipWrites, float64(rep.Skip.DB.RowsUpdated), 0),
-		atLeast(TargetBatch, rep.Consume.BestBatch.Ratio, targetBatchRatio),
+		atLeast(TargetConsume, "consume.best.ratio", rep.Consume.Best.Ratio, targetConsumeRatio),
+		atLeast(TargetMinimal, "consume.best.minimal_ratio", rep.Consume.Best.MinimalRatio, targetMinimalRatio),
+		atLeast(TargetPublish, "publish.ratio", rep.Publish.Ratio, targetPublishRatio),
+		atMost(TargetRSS, "publish.rss.ratio", rep.Publish.RSS.Ratio, targetRSSRatio),
+		atMost(TargetDuplicates, "duplicates.calls_per_row", rep.Duplicates.CallsPerRow, targetCallsPerRow),
+		atMost(TargetSkipWrites, "skip.db.rows_updated", float64(rep.Skip.DB.RowsUpdated), 0),
+		atLeast(TargetBatch, "consume.best_batch.ratio", rep.Consume.BestBatch.Ratio, targetBatchRatio),
+		atLeast(TargetSlow, slowFig+".ratio", slow.Ratio, targetSlowRatio),
+		// No point measured means no connection count to judge: missed, not passed.
+		atMost(TargetSlowConns, slowFig+".conns.peak", float64(cmp.Or(slow.Conns.Peak, math.MaxInt32)), targetSlowConns),
 	}
+}
+
+// judged is the point the slow-provider targets judge, the most calls in flight,
+// and its index in Points (-1: none).
+func (f SlowFigure) judged() (SlowPoint, int) {
+	var p SlowPoint
+	at := -1
+	for i, pt := range f.Points {
+		if pt.InFlight >= p.InFlight {
+			p, at = pt, i
+		}
+	}
+	return p, at
 }
 
 // Missed counts the targets not met.
@@ -107,7 +137,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "PostgreSQL:  %s, max_connections %d, synchronous_commit %s, fsync %s, shared_buffers %s; %d other client connections at start\n",
 		m.PostgreSQL, m.PGMaxConnections, m.PGSynchronousCommit, m.PGFsync, m.PGSharedBuffers, m.PGOtherBackends)
 	fmt.Fprintf(&b, "nats-server: %s, %s\n", m.NATSServer, m.NATSStorage)
-	fmt.Fprintf(&b, "pool cap:    %d connections per pool (%s)\n", m.PoolCap, m.PoolCapReason)
+	fmt.Fprintf(&b, "pool:        %d connections for every consumer and baseline, whatever the calls in flight (cap %d: %s)\n",
+		rep.Consume.Pool, m.PoolCap, m.PoolCapReason)
 	fmt.Fprintf(&b, "seeded:      %s rows with COPY in %.1f s (%s rows/s)\n\n", num(float64(rep.Seed.Rows)), rep.Seed.Seconds, num(rep.Seed.RowsPerSec))
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
@@ -140,47 +171,52 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		fmt.Sprintf("%s rows: %s", num(float64(p.RSS.SmallRows)), mib(p.RSS.SmallKiB)), p.RSS.Ratio, TargetRSS)
 
 	c := rep.Consume
-	row(fmt.Sprintf("2 consume %s, c=%d%s, %s requests", c.Mode, c.Best.Concurrency, asked(c.Best.Asked), num(float64(c.Best.Requests))),
-		num(c.Best.Rate)+" refresh/s", fmt.Sprintf("direct tx, c=%d: %s tx/s", c.Best.Concurrency, num(c.Best.BaselineRate)), c.Best.Ratio, TargetConsume)
-	row("    the direct tx without the attempt marker (what the marker costs)", num(c.Best.BaselineRate)+" tx/s",
+	row(fmt.Sprintf("2 consume %s, %d in flight, pool %d (%d open at most), %s requests", c.Mode, c.Best.Concurrency, c.Best.Pool, c.Best.Conns.Peak, num(float64(c.Best.Requests))),
+		num(c.Best.Rate)+" refresh/s", fmt.Sprintf("bare lock-and-update, %d conns: %s tx/s", c.Best.Pool, num(c.Best.MinimalRate)), c.Best.MinimalRatio, TargetMinimal)
+	row("    the same consumer beside its own claim, call and commit (RefreshNow, no NATS)", num(c.Best.Rate)+" refresh/s",
+		fmt.Sprintf("RefreshNow, %d in flight, pool %d: %s/s", c.Best.Concurrency, c.Best.Pool, num(c.Best.BaselineRate)), c.Best.Ratio, TargetConsume)
+	row("    RefreshNow beside the bare lock-and-update (what the claim costs)", num(c.Best.BaselineRate)+" refresh/s",
 		fmt.Sprintf("bare lock-and-update: %s tx/s", num(c.Best.MinimalRate)), ratio(c.Best.BaselineRate, c.Best.MinimalRate), "")
 	for _, s := range c.Sweep {
-		row(fmt.Sprintf("    sweep c=%d%s, %s requests", s.Concurrency, asked(s.Asked), num(float64(s.Requests))),
-			num(s.Rate)+" refresh/s", fmt.Sprintf("direct tx: %s tx/s", num(s.BaselineRate)), s.Ratio, "")
+		row(fmt.Sprintf("    sweep %d in flight, pool %d, %s requests", s.Concurrency, s.Pool, num(float64(s.Requests))),
+			num(s.Rate)+" refresh/s", fmt.Sprintf("bare: %s tx/s, RefreshNow: %s/s", num(s.MinimalRate), num(s.BaselineRate)), s.MinimalRatio, "")
 	}
 	for _, b := range c.Batch {
 		target := ""
 		if b == c.BestBatch {
 			target = TargetBatch
 		}
-		row(fmt.Sprintf("2 consume batched, %d per commit, c=%d, %s requests", b.BatchSize, b.Concurrency, num(float64(b.Requests))),
-			num(b.Rate)+" refresh/s", fmt.Sprintf("per-row, c=%d: %s refresh/s", b.Concurrency, num(b.PerRowRate)), b.Ratio, target)
+		row(fmt.Sprintf("2 consume batched, %d per commit, %d in flight, pool %d (%d open at most), %s requests", b.BatchSize, b.Concurrency, b.Pool, b.Conns.Peak, num(float64(b.Requests))),
+			num(b.Rate)+" refresh/s", fmt.Sprintf("bare lock-and-update, %d conns: %s tx/s (per-row: %s/s, %.2fx)", b.Pool, num(b.MinimalRate), num(b.PerRowRate), b.PerRowRatio), b.Ratio, target)
 	}
 
 	l := rep.Latency
-	row(fmt.Sprintf("3 latency at %d/s (achieved %.0f), c=%d: publish to ack after commit", l.Rate, l.AchievedRate, l.Concurrency),
+	row(fmt.Sprintf("3 latency at %d/s (achieved %.0f), %d in flight: publish to ack after commit", l.Rate, l.AchievedRate, l.Concurrency),
 		fmt.Sprintf("p50 %.1f ms, p99 %.1f ms", l.AckP50Ms, l.AckP99Ms),
-		fmt.Sprintf("direct tx: p50 %.1f ms, p99 %.1f ms", l.BaselineP50Ms, l.BaselineP99Ms), l.Ratio, "")
+		fmt.Sprintf("RefreshNow: p50 %.1f ms, p99 %.1f ms", l.BaselineP50Ms, l.BaselineP99Ms), l.Ratio, "")
 	row("    publish to refreshed_at (provider call began)", fmt.Sprintf("p50 %.1f ms, p99 %.1f ms", l.RefreshedP50Ms, l.RefreshedP99Ms), "", 0, "")
 
 	s := rep.Slow
+	judged, _ := s.judged()
 	for _, pt := range s.Points {
-		ran := ""
-		if pt.Effective != pt.Concurrency {
-			ran = fmt.Sprintf(" (ran %d)", pt.Effective)
+		target, connTarget := "", ""
+		if pt.InFlight == judged.InFlight {
+			target, connTarget = TargetSlow, TargetSlowConns
 		}
-		row(fmt.Sprintf("4 slow provider %.0f ms, c=%d%s, pool %d", s.LatencyMs, pt.Concurrency, ran, pt.Pool),
-			num(pt.Rate)+" refresh/s", fmt.Sprintf("direct tx: %s/s (ideal %s/s)", num(pt.BaselineRate), num(pt.IdealRate)), pt.Ratio, "")
+		row(fmt.Sprintf("4 slow provider %.0f ms, %s in flight, pool %d", s.LatencyMs, num(float64(pt.InFlight)), pt.Pool),
+			num(pt.Rate)+" refresh/s", fmt.Sprintf("min(ideal %s/s, instant per-row %s/s); RefreshNow %s/s", num(pt.IdealRate), num(pt.InstantRate), num(pt.BaselineRate)), pt.Ratio, target)
+		row("    peak connections open (busy at once; waits for one)", fmt.Sprintf("%d (%d busy; %s waits, %.0f ms)", pt.Conns.Peak, pt.Conns.InUse, num(float64(pt.Conns.WaitCount)), pt.Conns.WaitMs),
+			fmt.Sprintf("pool %d, %s in flight", pt.Pool, num(float64(pt.InFlight))), 0, connTarget)
 	}
 
 	d := rep.Duplicates
-	row(fmt.Sprintf("5 duplicates: %d per row, %s rows, c=%d", d.PerRow, num(float64(d.Rows)), d.Concurrency),
+	row(fmt.Sprintf("5 duplicates: %d per row, %s rows, %d in flight", d.PerRow, num(float64(d.Rows)), d.Concurrency),
 		fmt.Sprintf("%.3f calls/row", d.CallsPerRow), fmt.Sprintf("%s provider calls, %s skipped", num(float64(d.ProviderCalls)), num(float64(d.Skipped))), 0, TargetDuplicates)
 	row("5 duplicates: handling time of a skip (mean, lock wait included)", fmt.Sprintf("%s µs", num(d.SkipMicros)), fmt.Sprintf("of a refresh: %s µs", num(d.RefreshMicros)), d.Ratio, "")
 
 	k := rep.Skip
-	row(fmt.Sprintf("6 skip path: %s requests, c=%d", num(float64(k.Requests)), k.Concurrency), fmt.Sprintf("%s skip/s (%s µs each)", num(k.Rate), num(ratio(1e6, k.Rate))),
-		fmt.Sprintf("refresh, c=%d: %s/s (%s µs each)", k.Concurrency, num(k.BaselineRate), num(ratio(1e6, k.BaselineRate))), k.Ratio, "")
+	row(fmt.Sprintf("6 skip path: %s requests, %d in flight", num(float64(k.Requests)), k.Concurrency), fmt.Sprintf("%s skip/s (%s µs each)", num(k.Rate), num(ratio(1e6, k.Rate))),
+		fmt.Sprintf("refresh, %d in flight: %s/s (%s µs each)", k.Concurrency, num(k.BaselineRate), num(ratio(1e6, k.BaselineRate))), k.Ratio, "")
 	row("6 skip path: rows updated (tup_updated)", num(float64(k.DB.RowsUpdated)),
 		fmt.Sprintf("refresh: %s (%.2f per message)", num(float64(k.BaselineDB.RowsUpdated)), k.BaselineDB.perMessage(k.BaselineDB.RowsUpdated)), 0, TargetSkipWrites)
 	row("6 skip path: commits per message", fmt.Sprintf("%.3f (%s rollbacks)", k.DB.perMessage(k.DB.Commits), num(float64(k.DB.Rollbacks))),
@@ -192,16 +228,23 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 
 	fmt.Fprintf(&b, "\nslow provider: %s\n", s.Flattens)
+	if len(c.MinimalSQL) > 0 {
+		fmt.Fprintf(&b, "claim cost: per refresh the consumer sends %d statements, the bare lock-and-update %d; beyond it:\n    %s\n",
+			len(c.SQL), len(c.MinimalSQL), strings.Join(c.MinimalExtra, "; "))
+		if len(c.MinimalMissing) > 0 {
+			fmt.Fprintf(&b, "    and the bare transaction sends %d kinds of statement the consumer does not: %s\n", len(c.MinimalMissing), strings.Join(c.MinimalMissing, "; "))
+		}
+	}
 	switch {
 	case len(c.SQLMissing) > 0:
-		fmt.Fprintf(&b, "baseline SQL: MISMATCH, the consumer does not send %d of the direct transaction's statements; figures 2-4 compare unlike work:\n", len(c.SQLMissing))
+		fmt.Fprintf(&b, "baseline SQL: MISMATCH, the consumer does not send %d of RefreshNow's statements; figures 2-4 compare unlike work:\n", len(c.SQLMissing))
 		for _, s := range c.SQLMissing {
 			fmt.Fprintf(&b, "    %s\n", s)
 		}
 	case len(c.SQLExtra) == 0:
-		fmt.Fprintf(&b, "baseline SQL: the direct transaction sends exactly the consumer's %d statements (literal values aside)\n", len(c.SQL))
+		fmt.Fprintf(&b, "baseline SQL: RefreshNow sends exactly the consumer's %d statements (literal values aside)\n", len(c.SQL))
 	default:
-		fmt.Fprintf(&b, "baseline SQL: the direct transaction sends %d of the consumer's %d statements per message, in its order; "+
+		fmt.Fprintf(&b, "baseline SQL: RefreshNow sends %d of the consumer's %d statements per message, in its order; "+
 			"the consumer's side of figures 2-4 also pays for:\n", len(c.BaselineSQL), len(c.SQL))
 		for _, s := range c.SQLExtra {
 			fmt.Fprintf(&b, "    %s\n", s)
@@ -215,13 +258,6 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, strings.Join(lines, "\n"))
 	return err
-}
-
-func asked(a int) string {
-	if a == 0 {
-		return ""
-	}
-	return fmt.Sprintf(" (asked %d)", a)
 }
 
 // mib formats KiB as MiB.

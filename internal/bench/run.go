@@ -92,12 +92,11 @@ func (r *rig) consumerConfig(conc int) consumer.Config {
 	return cfg
 }
 
-// openPool opens a pool for a consumer of concurrency conc, sized as
-// REFRESHER_DB_MAX_CONNS=0 sizes it, with every connection open: a measured run
-// should not pay for connecting, and a server whose connections other clients took
-// meanwhile must fail here, not half-way through a run.
-func (r *rig) openPool(ctx context.Context, conc int) (*bun.DB, error) {
-	size := conc + poolSpare
+// openPool opens a pool of size connections (the measured runs use Options.Pool,
+// as REFRESHER_DB_MAX_CONNS sizes a consumer's), with every connection open: a
+// measured run should not pay for connecting, and a server whose connections other
+// clients took meanwhile must fail here, not half-way through a run.
+func (r *rig) openPool(ctx context.Context, size int) (*bun.DB, error) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		db, err := model.Open(ctx, r.dbURL, size)
@@ -144,19 +143,24 @@ func fill(ctx context.Context, db *bun.DB, n int) error {
 	return nil
 }
 
-// consumePooled is consume on a pool of its own, closed when the run ends.
+// consumePooled is consume on a pool of Options.Pool connections of its own, closed
+// when the run ends, with the connections it held sampled meanwhile.
 func (r *rig) consumePooled(ctx context.Context, service string, prov provider.Refresher, conc, want int, during func(context.Context) error) (consumerRun, error) {
-	db, err := r.openPool(ctx, conc)
+	db, err := r.openPool(ctx, r.opts.Pool)
 	if err != nil {
 		return consumerRun{}, err
 	}
 	defer db.Close()
-	return r.consume(ctx, db, service, prov, conc, want, during)
+	stopSampling := r.sampleConns(ctx, db)
+	run, err := r.consume(ctx, db, service, prov, conc, want, during)
+	run.conns = stopSampling()
+	return run, err
 }
 
-// directPooled is direct on a pool of its own, closed when the run ends.
+// directPooled is direct on a pool of Options.Pool connections of its own, closed
+// when the run ends.
 func (r *rig) directPooled(ctx context.Context, service string, prov provider.Refresher, conc int, ids []int64, minimal bool) (time.Duration, error) {
-	db, err := r.openPool(ctx, conc)
+	db, err := r.openPool(ctx, r.opts.Pool)
 	if err != nil {
 		return 0, err
 	}
@@ -169,6 +173,7 @@ type consumerRun struct {
 	elapsed time.Duration // from bound to the last expected message finished
 	stats   consumer.Stats
 	tally   *tally
+	conns   ConnPeaks // sampled by consumePooled
 }
 
 // rate is finished messages per second.
@@ -278,8 +283,8 @@ func requestMsg(service string, id int64) *nats.Msg {
 	return nats.NewMsg(model.Key{Service: service, ID: id}.Subject())
 }
 
-// directTx is the baseline: the consumer's own per-message transaction, run through
-// (*consumer.Consumer).RefreshNow on the same bun handle and pgx driver, without NATS,
+// directTx is the baseline: the consumer's own claim, call and commit (two short
+// transactions), run through (*consumer.Consumer).RefreshNow on the same bun handle and pgx driver, without NATS,
 // parsing, logging or acknowledgement. Being the same code, it sends the same
 // statements; sqlShapes checks that in every run. It reports whether it refreshed
 // (false: the skip rule answered).
@@ -303,18 +308,19 @@ func (r *rig) directConsumer(db *bun.DB, prov provider.Refresher, conc int) (*co
 		consumer.WithLogger(r.quiet))
 }
 
-// minimalTx is the least a locked refresh can be: SET LOCAL, SELECT ... FOR UPDATE,
-// the skip rule, the provider call, the UPDATE of the token columns, commit; without
-// the attempt marker the consumer adds so that no one presents a token whose rotation
-// is still being saved. Beside it, the consumer's own transaction shows what that
-// safety costs. It reports whether it refreshed (false: the skip rule answered).
+// minimalTx is the least a locked refresh can be, the way the consumer worked before
+// claims: one transaction, SET LOCAL lock_timeout, SELECT ... FOR UPDATE, the skip
+// rule, the provider call with the row locked and the connection held, the UPDATE of
+// the token columns, commit. It has no durable claim, so a crash after the provider
+// rotated a token loses it, and a slow provider holds a connection per call. Beside
+// it, the consumer's claim, call and commit show what that safety costs. It reports
+// whether it refreshed (false: the skip rule answered).
 func minimalTx(ctx context.Context, db *bun.DB, cfg consumer.Config, key model.Key, requestedAt time.Time, prov provider.Refresher) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.LockTimeout+2*cfg.ProviderTimeout+5*time.Second) // the consumer's deadline
 	defer cancel()
 	refreshed := false
 	err := db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d; SET LOCAL idle_in_transaction_session_timeout = %d",
-			cfg.LockTimeout.Milliseconds(), (cfg.ProviderTimeout+15*time.Second).Milliseconds())); err != nil {
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", cfg.LockTimeout.Milliseconds())); err != nil {
 			return err
 		}
 		cred := new(model.Credential)
@@ -366,10 +372,11 @@ func minimalTx(ctx context.Context, db *bun.DB, cfg consumer.Config, key model.K
 // errSkip rolls back a direct transaction the skip rule answered, as the consumer does.
 var errSkip = errors.New("skip")
 
-// direct runs the baseline transaction for every id at concurrency conc and returns
-// the wall time: the consumer's own (directTx), or with minimal set the bare
-// lock-and-update (minimalTx). Every transaction must refresh: the rows were last
-// refreshed before requestedAt.
+// direct runs the baseline for every id with conc workers and returns the wall time:
+// the consumer's own claim, call and commit (directTx), or with minimal set the bare
+// lock-and-update (minimalTx), which holds a connection per worker, so it is run
+// with as many workers as the pool has connections. Every refresh must refresh: the
+// rows were last refreshed before requestedAt.
 func (r *rig) direct(ctx context.Context, db *bun.DB, service string, prov provider.Refresher, conc int, ids []int64, minimal bool) (time.Duration, error) {
 	cfg := r.consumerConfig(conc)
 	c, err := r.directConsumer(db, prov, conc)
