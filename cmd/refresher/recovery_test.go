@@ -57,7 +57,9 @@ func takeovers(t *testing.T, procs []*proc) []takeover {
 // the kills and, once every request has settled, the oracle's report and every
 // takeover logged.
 func sigkillRecovery(t *testing.T, settings []string, rows, kills int, settle time.Duration) ([]kill, verify.Report, []takeover, *fleettest.Env) {
-	fx := fleettest.New(t, fleettest.Options{Latency: 400 * time.Millisecond, Grace: 30 * time.Second})
+	// The provider rotates at once and answers 400 ms later: a process killed in
+	// those 400 ms takes the only copy of a rotated token with it.
+	fx := fleettest.New(t, fleettest.Options{ResponseLatency: 400 * time.Millisecond, Grace: 30 * time.Second})
 	env := append(defaultEnv(fx), "REFRESHER_GITHUB_REUSE_INTERVAL=30s", "REFRESHER_GOOGLE_REUSE_INTERVAL=30s")
 	env = append(env, settings...)
 	ids := fx.Seed("github", rows)
@@ -126,7 +128,7 @@ func TestSIGKILLRecoveryWithinReuseInterval(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
-	kills, rep, tos, fx := sigkillRecovery(t, []string{"REFRESHER_CONCURRENCY=64"}, 600, 3, 30*time.Second)
+	kills, rep, tos, fx := sigkillRecovery(t, []string{"REFRESHER_CONCURRENCY=16"}, 2000, 3, 30*time.Second)
 	var slowest time.Duration
 	for _, k := range kills {
 		if k.claims == 0 {
@@ -165,7 +167,7 @@ func TestSIGKILLRecoveryOldTimingControl(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Parallel() // mostly waiting out the ack wait
-	kills, rep, _, _ := sigkillRecovery(t, []string{"REFRESHER_CONCURRENCY=16", "REFRESHER_ACK_WAIT=60s", "REFRESHER_OWNER_TTL=0"}, 60, 1, 2*time.Minute)
+	kills, rep, _, _ := sigkillRecovery(t, []string{"REFRESHER_CONCURRENCY=16", "REFRESHER_ACK_WAIT=60s", "REFRESHER_OWNER_TTL=0"}, 200, 1, 2*time.Minute)
 	if rep.OK() {
 		t.Fatalf("the old timing lost nothing after killing a process holding %d claims (%s): the recovery test cannot fail", kills[0].claims, rep)
 	}

@@ -33,9 +33,11 @@ import (
 // Options shape an Env.
 type Options struct {
 	Services []string      // default github, google
-	Latency  time.Duration // fake provider latency
-	Grace    time.Duration // fake provider reuse grace
-	PoolSize int           // database pool (default 32)
+	Latency  time.Duration // fake provider latency, before it decides
+	// ResponseLatency is the fake provider's latency after it decides (rotates).
+	ResponseLatency time.Duration
+	Grace           time.Duration // fake provider reuse grace
+	PoolSize        int           // database pool (default 32)
 	// ClusterSize, when above 1, runs a JetStream cluster of that many in-process
 	// servers instead of one server, with the streams replicated on all of them.
 	ClusterSize int
@@ -102,7 +104,7 @@ func New(t testing.TB, o Options) *Env {
 	t.Cleanup(func() { db.Close() })
 	logs := &SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	fp := fake.New(fake.Options{ClientID: "test-client", ClientSecret: "test-secret", Latency: o.Latency, GracePeriod: o.Grace, Logger: log})
+	fp := fake.New(fake.Options{ClientID: "test-client", ClientSecret: "test-secret", Latency: o.Latency, ResponseLatency: o.ResponseLatency, GracePeriod: o.Grace, Logger: log})
 	fpURL, stop, err := fp.Start("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

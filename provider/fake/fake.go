@@ -34,8 +34,13 @@ type Options struct {
 	// token request, in the Authorization header or in the form body, so that tests
 	// catch a client that forgets its credentials or sends them the wrong way.
 	ClientID, ClientSecret string
-	// Latency is added to every token request; SetLatency changes it later.
+	// Latency is added to every token request before it is decided; SetLatency
+	// changes it later. A client that hangs up meanwhile leaves nothing rotated.
 	Latency time.Duration
+	// ResponseLatency is added after the decision, before the answer is written: the
+	// answer in transit. A client that dies meanwhile (SIGKILL) loses a rotated
+	// token, as with a real provider; only the grace period can recover it.
+	ResponseLatency time.Duration
 	// GracePeriod lets the immediately previous refresh token be presented again,
 	// for this long after the rotation that replaced it, and get the current pair
 	// back. Some providers do this to survive lost responses; 0 disables it, which
@@ -100,6 +105,7 @@ type Provider struct {
 	now func() time.Time
 
 	latency         atomic.Int64 // time.Duration
+	respLatency     time.Duration
 	outage          atomic.Bool
 	failRate        atomic.Uint64 // math.Float64bits
 	rateLimited     atomic.Bool
@@ -132,6 +138,7 @@ func New(opts Options) *Provider {
 		clientID:     opts.ClientID,
 		clientSecret: opts.ClientSecret,
 		grace:        opts.GracePeriod,
+		respLatency:  opts.ResponseLatency,
 		accessTTL:    opts.AccessTTL,
 		log:          opts.Logger,
 		now:          time.Now,
@@ -476,6 +483,9 @@ func (p *Provider) refresh(w http.ResponseWriter, pt parsedToken, presented stri
 	p.log.Log(context.Background(), level, "token request",
 		"lineage", o.lineage, "event", o.event, "status", o.status,
 		"presented_gen", o.gen, "current_gen", o.newGen)
+	if p.respLatency > 0 {
+		time.Sleep(p.respLatency) // decided: the answer is on its way whatever happens
+	}
 	writeJSON(w, o.status, o.body)
 }
 
