@@ -135,13 +135,21 @@ func (c *Consumer) Bind(ctx context.Context) (jetstream.Consumer, error) {
 // in-flight messages finish (a provider call under way is never abandoned), naks the
 // ones not started, and returns nil if all of that fit in the drain timeout.
 func (c *Consumer) Run(ctx context.Context) error {
-	cons, err := c.Bind(ctx)
+	// A cluster being elected (or restarted) is waited for: not ready yet is not a
+	// reason to exit, and /readyz says 503 meanwhile.
+	var iter jetstream.MessagesContext
+	err := publisher.SetupRetry(ctx, c.log, "bind to the durable "+Durable, func(ctx context.Context) error {
+		cons, err := c.Bind(ctx)
+		if err != nil {
+			return err
+		}
+		if iter, err = cons.Messages(jetstream.PullMaxMessages(c.cfg.Concurrency)); err != nil {
+			return fmt.Errorf("consume %s: %w", Durable, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return err
-	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(c.cfg.Concurrency))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", Durable, err)
 	}
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()

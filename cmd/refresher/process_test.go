@@ -69,7 +69,13 @@ func start(t *testing.T, env []string, args ...string) *proc {
 // fails with its output if it exits or takes too long.
 func (p *proc) waitBound(t *testing.T) {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
+	p.waitBoundWithin(t, 30*time.Second)
+}
+
+// waitBoundWithin is waitBound with its own limit.
+func (p *proc) waitBoundWithin(t *testing.T, limit time.Duration) {
+	t.Helper()
+	deadline := time.After(limit)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for !strings.Contains(p.stderr.String(), `"msg":"consuming"`) {
@@ -78,7 +84,7 @@ func (p *proc) waitBound(t *testing.T) {
 			p.done <- err
 			t.Fatalf("%v exited before binding: %v\n%s", p.cmd.Args, err, p.stderr.String())
 		case <-deadline:
-			t.Fatalf("%v not bound after 30s\n%s", p.cmd.Args, p.stderr.String())
+			t.Fatalf("%v not bound after %s\n%s", p.cmd.Args, limit, p.stderr.String())
 		case <-tick.C:
 		}
 	}

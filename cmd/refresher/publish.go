@@ -18,6 +18,10 @@ import (
 	"github.com/refresher/refresher/publisher"
 )
 
+// oneShotSetupWait bounds how long a one-shot publish waits for JetStream to accept
+// the stream set-up (an election, a restart) before giving up.
+const oneShotSetupWait = 30 * time.Second
+
 func publishCmd(e *env) *cobra.Command {
 	var (
 		service        string
@@ -145,7 +149,17 @@ client had already used: they were published under an id of their own.`,
 			if err != nil {
 				return usageError{err}
 			}
-			if err := publisher.EnsureStreams(cmd.Context(), p.JetStream(), streams); err != nil {
+			// A JetStream cluster electing its leaders is waited for: for good with
+			// --every (a scheduler outlives elections), for a while for one run.
+			setupCtx, cancelSetup := cmd.Context(), context.CancelFunc(func() {})
+			if !cmd.Flags().Changed("every") {
+				setupCtx, cancelSetup = context.WithTimeout(cmd.Context(), oneShotSetupWait)
+			}
+			err = publisher.SetupRetry(setupCtx, e.log, "create the streams", func(ctx context.Context) error {
+				return publisher.EnsureStreams(ctx, p.JetStream(), streams)
+			})
+			cancelSetup()
+			if err != nil {
 				return err
 			}
 			if cmd.Flags().Changed("every") {

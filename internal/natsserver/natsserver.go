@@ -33,6 +33,18 @@ type Options struct {
 	// Log receives the server's log lines; nil keeps the server silent, so tests and
 	// the demo do not interleave its output with their own.
 	Log *slog.Logger
+	// Cluster, when set, makes the server a member of a JetStream cluster.
+	Cluster *ClusterOptions
+}
+
+// ClusterOptions is one cluster member's place in its cluster.
+type ClusterOptions struct {
+	// Name is the cluster's name, the same on every member.
+	Name string
+	// Port is this member's cluster (route) port on 127.0.0.1.
+	Port int
+	// Routes are the other members' route URLs (nats-route://127.0.0.1:port).
+	Routes []string
 }
 
 // Server is an in-process nats-server with JetStream. Its URL stays the same across
@@ -61,6 +73,16 @@ type routeConf struct {
 // Start starts a server and waits until it accepts connections with JetStream on.
 func Start(opts Options) (*Server, error) {
 	s := &Server{name: opts.Name, storeDir: opts.StoreDir, log: opts.Log, port: opts.Port}
+	if c := opts.Cluster; c != nil {
+		s.route = &routeConf{cluster: c.Name, port: c.Port}
+		for _, r := range c.Routes {
+			u, err := url.Parse(r)
+			if err != nil || u.Host == "" {
+				return nil, fmt.Errorf("nats-server: route %q: want nats-route://host:port", r)
+			}
+			s.route.routes = append(s.route.routes, u)
+		}
+	}
 	if s.name == "" {
 		s.name = "refresher-nats"
 	}

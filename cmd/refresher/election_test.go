@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/refresher/refresher/consumer"
+	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/publisher"
+)
+
+// natsNode is one member of a JetStream cluster run as a `refresher nats-node`
+// process, so that it can be killed with SIGKILL and started again on its store.
+type natsNode struct {
+	name, store string
+	args        []string
+	proc        *proc
+}
+
+// freeLoopbackPorts returns n distinct free ports, held until all are picked.
+func freeLoopbackPorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		_ = l.Close()
+	}
+	return ports
+}
+
+// TestConsumersSurviveClusterElections starts a 3-node JetStream cluster (separate
+// processes) at the same moment as three consume processes with replicated streams:
+// none may exit while the cluster elects its leaders. Then, mid-run, the REFRESH
+// stream leader is killed with SIGKILL and started again: no consumer exits,
+// processing resumes, and nothing is lost.
+func TestConsumersSurviveClusterElections(t *testing.T) {
+	if _, err := buildBinary(); err != nil {
+		t.Fatal(err)
+	}
+	fx := fleettest.New(t, fleettest.Options{Latency: 20 * time.Millisecond, Grace: 30 * time.Second})
+	ports := freeLoopbackPorts(t, 6)
+	var urls, routes []string
+	for i := range 3 {
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]))
+	}
+	nodes := make([]*natsNode, 3)
+	base := defaultEnv(fx)
+	for i := range nodes {
+		var others []string
+		for j, r := range routes {
+			if j != i {
+				others = append(others, r)
+			}
+		}
+		n := &natsNode{name: fmt.Sprintf("node-%d", i+1), store: t.TempDir()}
+		n.args = []string{"nats-node", "--name", n.name, "--store", n.store, "--port", fmt.Sprint(ports[i]),
+			"--cluster-port", fmt.Sprint(ports[3+i]), "--routes", strings.Join(others, ",")}
+		nodes[i] = n
+	}
+	natsURL := strings.Join(urls, ",")
+	env := append(base, "NATS_URL="+natsURL, "REFRESHER_STREAM_REPLICAS=3", "REFRESHER_CONCURRENCY=32")
+
+	// The cluster and the fleet start together: the consumers meet a cluster with no
+	// meta leader yet.
+	consumers := make([]*proc, 3)
+	for i, n := range nodes {
+		n.proc = start(t, env, n.args...)
+		consumers[i] = start(t, env, "consume")
+	}
+	for i, c := range consumers {
+		select {
+		case err := <-c.done:
+			c.done <- err
+			t.Fatalf("consumer %d exited while the cluster was electing: %v\n%s", i, err, c.stderr.String())
+		default:
+		}
+		c.waitBoundWithin(t, 90*time.Second)
+	}
+
+	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rows = 600
+	ids := fx.Seed("github", rows)
+	p, err := publisher.New(nc, publisher.WithWindow(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := p.Publish(ctx, "github", ids[:rows/2]...); err != nil {
+		t.Fatal(err)
+	}
+
+	// Mid-run, the REFRESH leader dies without warning.
+	fleettest.Eventually(t, time.Minute, "some rows refreshed", func() bool { return fx.Fake.Stats().Rotations >= rows/8 })
+	var leader string
+	fleettest.Eventually(t, 10*time.Second, "the REFRESH stream leader", func() bool {
+		s, err := js.Stream(ctx, publisher.Stream)
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(ctx)
+		if err != nil || info.Cluster == nil {
+			return false
+		}
+		leader = info.Cluster.Leader
+		return leader != ""
+	})
+	var victim *natsNode
+	for _, n := range nodes {
+		if n.name == leader {
+			victim = n
+		}
+	}
+	if victim == nil {
+		t.Fatalf("stream leader %q is none of the nodes", leader)
+	}
+	if err := victim.proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	victim.proc.wait(t, 10*time.Second)
+	killed := time.Now()
+	// The rest of the requests are published while it is down, through the others.
+	if _, err := p.Publish(ctx, "github", ids[rows/2:]...); err != nil {
+		t.Fatal(err)
+	}
+	before := fx.Fake.Stats().Rotations
+	fleettest.Eventually(t, time.Minute, "processing to resume without the old leader", func() bool {
+		return fx.Fake.Stats().Rotations > before+rows/10
+	})
+	resumed := time.Since(killed)
+	victim.proc = start(t, env, victim.args...)
+
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := consumer.WaitIdle(wctx, js, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range consumers {
+		select {
+		case err := <-c.done:
+			c.done <- err
+			t.Fatalf("consumer %d exited during the run: %v\n%s", i, err, c.stderr.String())
+		default:
+		}
+		if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := c.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("consumer %d exit %d on SIGTERM\n%s", i, code, c.stderr.String())
+		}
+	}
+	rep := fx.Verify()
+	if rep.Rows != rows {
+		t.Fatalf("verified %d rows, want %d", rep.Rows, rows)
+	}
+	retries := 0
+	for _, c := range consumers {
+		retries += strings.Count(c.stderr.String(), "failed, retrying")
+	}
+	t.Logf("%s; leader %s killed, processing resumed %s later; %d set-up retries logged during the elections",
+		rep, leader, resumed.Round(time.Millisecond), retries)
+}
