@@ -151,6 +151,7 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 		t.Setenv("REFRESHER_"+svc+"_CLIENT_ID", "id")
 	}
 	t.Setenv("REFRESHER_MY_SVC_CLIENT_SECRET", "s3cr3t-value")
+	t.Setenv("REFRESHER_GITHUB_REUSE_INTERVAL", "30s")
 	code, out, stderr := runCLI(t, "config")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -161,6 +162,12 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 		"REFRESHER_STREAM_REPLICAS", "REFRESHER_STREAM_MAX_AGE", "72h", "REFRESHER_STREAM_DUPLICATE_WINDOW",
 		"REFRESHER_GITHUB_TOKEN_URL", "REFRESHER_GITHUB_CLIENT_SECRET", "REFRESHER_MY_SVC_AUTH_STYLE",
 		"REFRESHER_LOG_FORMAT", "REFRESHER_PUBLISH_WINDOW", "****", "postgres://app:****@db:5432/app",
+		"REFRESHER_OWNER_TTL", "REFRESHER_GITHUB_REUSE_INTERVAL",
+		// The recovery time of the default timing, and whether each service's declared
+		// reuse interval covers it.
+		"calls retried within 10.25s",
+		"github: REFRESHER_GITHUB_REUSE_INTERVAL=30s, covered",
+		"my-svc: REFRESHER_MY_SVC_REUSE_INTERVAL=0s, NOT covered",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("config output lacks %q", want)

@@ -205,6 +205,7 @@ func Print(w io.Writer) error {
 		return err
 	}
 	if len(problems) == 0 {
+		printRecovery(w)
 		return nil
 	}
 	for _, p := range problems {
@@ -287,4 +288,31 @@ func checkAll() []error {
 	var svc Services
 	add(Load(&svc))
 	return errs
+}
+
+// printRecovery states the crash recovery time the consumer settings give and, for
+// each configured service, whether its declared reuse interval covers it.
+func printRecovery(w io.Writer) {
+	c, err := Consumer()
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(w, "\ncrash recovery: a consume process killed between a provider's answer and its commit has its calls retried within %s\n", c.RecoveryTime())
+	fmt.Fprintf(w, "  (max(REFRESHER_ACK_WAIT, REFRESHER_OWNER_TTL) + 0.25s; with REFRESHER_OWNER_TTL=0, the claim's expiry instead)\n")
+	var s Services
+	if Load(&s) != nil {
+		return
+	}
+	for _, name := range s.Names {
+		name = strings.TrimSpace(name)
+		svc, err := LoadService(name)
+		if err != nil {
+			continue
+		}
+		verdict := "covered: such a credential is recovered"
+		if svc.ReuseInterval < c.RecoveryTime() {
+			verdict = "NOT covered: such a credential ends reauth_required"
+		}
+		fmt.Fprintf(w, "  %s: %s_REUSE_INTERVAL=%s, %s\n", name, ServicePrefix(name), svc.ReuseInterval, verdict)
+	}
 }
