@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/refresher/refresher/consumer"
@@ -111,7 +112,7 @@ Unless --http is empty it serves, on that address:
 				return err
 			}
 			defer db.Close()
-			nc, err := natsconn.Connect(natsURL, "refresher-consume", e.log)
+			nc, err := connectWaiting(cmd.Context(), e, natsURL)
 			if err != nil {
 				return err
 			}
@@ -174,4 +175,26 @@ func warnRecovery(e *env, cfg consumer.Config, providers map[string]provider.Ref
 			"shorten", "REFRESHER_ACK_WAIT, REFRESHER_OWNER_TTL")
 	}
 	return nil
+}
+
+// connectWaiting connects to NATS, waiting with backoff while no server answers: a
+// consumer started with (or before) its NATS servers waits for them, as it waits for
+// a cluster's elections. A refused credential or TLS problem is not waited out.
+func connectWaiting(ctx context.Context, e *env, natsURL string) (*nats.Conn, error) {
+	delay := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		nc, err := natsconn.Connect(natsURL, "refresher-consume", e.log)
+		if err == nil || !errors.Is(err, nats.ErrNoServers) {
+			return nc, err
+		}
+		e.log.Warn("NATS not reachable yet; retrying", "attempt", attempt, "retry_in", delay, "error", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
 }

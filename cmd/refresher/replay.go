@@ -163,7 +163,9 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions, include
 	}
 	// A --service that is not configured (or, with none configured, that the stream
 	// has never seen) is a mistyped flag, not an empty window: the library checks.
-	opts.Services = services
+	if !includeUnconfigured {
+		opts.Services = services
+	}
 	// Replays to run: one per configured service, or the one asked for.
 	filterServices := opts.DLQ && !includeUnconfigured && len(services) > 0
 	runs := []string{opts.Service}

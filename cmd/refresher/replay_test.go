@@ -251,7 +251,7 @@ func TestDLQReplaySkipsUnconfiguredServices(t *testing.T) {
 		want []string
 	}{
 		{[]string{"dlq", "replay", "--since", "1h", "--dry-run"}, 0, []string{
-			"read=2 distinct=2 skipped=0 republished=0 failed=0 unconfigured=2",
+			"read=2 distinct=2 skipped=0 republished=0 failed=0 unknown=0 unconfigured=2",
 			"skipped 2 dead letter(s) of services not in REFRESHER_SERVICES (bogus: 2)", "--include-unconfigured"}},
 		{[]string{"replay", "--dlq", "--since", "1h", "--dry-run"}, 0, []string{"distinct=2", "unconfigured=2"}},
 		{[]string{"dlq", "replay", "--since", "1h", "--dry-run", "--include-unconfigured"}, 0, []string{"read=4 distinct=4 skipped=0"}},
