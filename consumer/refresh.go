@@ -114,6 +114,14 @@ func (c *Consumer) refreshGroup(g *group) {
 		switch g.state {
 		case undecided, lockedElsewhere:
 			g.state = undecided
+			if round == 0 {
+				if ok, err := c.fastClaim(g); ok || err != nil {
+					if err != nil {
+						g.settle(Retried, err)
+					}
+					continue
+				}
+			}
 			if err := c.claimGroups([]*group{g}, false); err != nil {
 				g.settle(Retried, err)
 			}
@@ -128,7 +136,9 @@ func (c *Consumer) refreshGroup(g *group) {
 			}
 		case claimed:
 			c.callGroups([]*group{g})
-			c.commitGroups([]*group{g})
+			if !c.fastCommit(g) {
+				c.commitGroups([]*group{g})
+			}
 		}
 	}
 }

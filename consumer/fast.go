@@ -1,0 +1,98 @@
+package consumer
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/refresher/refresher/model"
+)
+
+// The common case of each step, in one statement instead of a transaction of three
+// round trips. A conditional UPDATE is itself the row lock, the check and the write,
+// and it commits on its own, with synchronous_commit set on for that commit as the
+// transactions set it. Its conditions are the case where the full step would claim
+// (or write) without a second thought; whenever one does not hold — a skip, another
+// attempt's claim, a row that changed — the statement changes nothing and the full
+// step runs: SELECT … FOR UPDATE, the decisions in Go, the writes.
+
+// durableSettings is a FROM item that sets, for the statement's own transaction, what
+// beginTx sets for the others.
+func (c *Consumer) durableSettings() string {
+	return fmt.Sprintf("(SELECT set_config('synchronous_commit', 'on', true), set_config('lock_timeout', '%d', true)) AS settings",
+		c.cfg.LockTimeout.Milliseconds())
+}
+
+// fastClaim claims g's credential in one statement when it is active, not refreshed
+// since the request, and holds no claim at all. It reports whether it claimed.
+func (c *Consumer) fastClaim(g *group) (bool, error) {
+	if c.isStopping() || c.asyncClaims {
+		return false, nil // the full step decides (Interrupted) or runs the control
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+	defer cancel()
+	start := time.Now()
+	id := rand.Int64N(1<<62) + 1
+	cred := new(model.Credential)
+	query := c.format(`UPDATE credentials AS c SET claim_id = ?, claim_owner = ?, claim_started_at = now(),
+			claim_expires_at = now() + ?::bigint * interval '1 millisecond'
+		FROM `+c.durableSettings()+`
+		WHERE c.id = ? AND c.service = ? AND c.status = ? AND c.claim_id IS NULL
+		  AND (c.refreshed_at IS NULL OR c.refreshed_at <= ?)
+		RETURNING c.*`,
+		id, c.owner, c.cfg.claimTTL().Milliseconds(), g.key.ID, g.key.Service, model.StatusActive, g.lead.req.requestedAt)
+	err := c.db.NewRaw(query).Scan(ctx, cred)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("claim credential %d: %w", g.key.ID, err)
+	}
+	d := time.Since(start)
+	c.observer.LockWait(d)
+	c.observer.Transaction(d)
+	g.claim = &claim{id: id, cred: cred, deadline: start.Add(c.cfg.claimTTL() - claimMargin)}
+	g.state = claimed
+	c.local.Store(id, make(chan struct{}))
+	return true, nil
+}
+
+// fastCommit stores a successful answer in one statement when the claim is still
+// this attempt's and the row still holds the stored token it presented. It reports
+// whether it wrote; when not (or on an error), the full commit step runs.
+func (c *Consumer) fastCommit(g *group) bool {
+	if g.err != nil {
+		return false
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), g.claim.deadline)
+	defer cancel()
+	start := time.Now()
+	row := &lockedRow{Credential: *g.claim.cred}
+	w, err := c.sealed(row, g)
+	if err != nil {
+		return false
+	}
+	query := c.format(`UPDATE credentials AS c SET
+			access_token = ?, refresh_token = ?, expires_at = ?, refreshed_at = ?,
+			version = c.version + 1, failures = 0, last_error = NULL, updated_at = now(),
+			claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
+		FROM `+c.durableSettings()+`
+		WHERE c.id = ? AND c.service = ? AND c.claim_id = ? AND c.refresh_token = ?`,
+		w.access, w.refresh, w.expires, w.refreshedAt, g.key.ID, g.key.Service, g.claim.id, g.claim.cred.RefreshToken)
+	res, err := c.db.ExecContext(ctx, query)
+	if err != nil {
+		return false
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return false
+	}
+	d := time.Since(start)
+	c.observer.LockWait(d)
+	c.observer.Transaction(d)
+	c.settled([]int64{g.claim.id})
+	g.settleCall(nil)
+	return true
+}
