@@ -106,7 +106,7 @@ func sigkillRecovery(t *testing.T, settings []string, rows, kills int, settle ti
 		// The next kill comes once every credential this one left claimed is refreshed
 		// by another process: two crashes on one credential within the provider's reuse
 		// interval cannot be recovered, by any client.
-		if len(held) > 0 {
+		if len(held) > 0 && len(done) < kills {
 			fleettest.Eventually(t, settle, "the killed process's credentials refreshed by others", func() bool {
 				var n int
 				err := fx.DB.NewSelect().Model((*model.Credential)(nil)).ColumnExpr("count(*)").
@@ -154,8 +154,10 @@ func TestSIGKILLRecoveryWithinReuseInterval(t *testing.T) {
 				t.Errorf("a claim of pid %d taken over %s after the kill: want within 15s", k.pid, d.Round(time.Millisecond))
 			}
 		}
-		if n != k.claims {
-			t.Errorf("pid %d left %d claims, %d taken over", k.pid, k.claims, n)
+		// More takeovers than claims counted is possible: a claim statement the dead
+		// process had sent may still commit on the server after the count.
+		if n < k.claims {
+			t.Errorf("pid %d left %d claims, only %d taken over", k.pid, k.claims, n)
 		}
 	}
 	if !rep.OK() {
