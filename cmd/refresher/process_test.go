@@ -117,28 +117,15 @@ func (p *proc) run(t *testing.T) (int, string) {
 
 // processEnv is the environment of refresher subprocesses working on fx.
 func processEnv(fx *fleettest.Env) []string {
-	env := append(os.Environ(),
-		"DATABASE_URL="+fx.DBURL,
-		"NATS_URL="+fx.NATSURL(),
-		"REFRESHER_SERVICES=github,google",
-		"REFRESHER_LOG_FORMAT=json",
+	// Shortened delays on top of the defaults, so that faults play out in seconds.
+	return append(defaultEnv(fx),
 		"REFRESHER_CONCURRENCY=8",
 		"REFRESHER_ACK_WAIT=3s",
 		"REFRESHER_LOCK_TIMEOUT=1s",
 		"REFRESHER_PROVIDER_TIMEOUT=2s",
 		"REFRESHER_DRAIN_TIMEOUT=6s",
 		"REFRESHER_BACKOFF=50ms,100ms,200ms",
-		"REFRESHER_HTTP_ADDR=", // several consumers on one machine: no metrics port
 	)
-	for _, s := range []string{"github", "google"} {
-		up := strings.ToUpper(s)
-		env = append(env,
-			"REFRESHER_"+up+"_TOKEN_URL="+fx.FakeURL+"/"+s+"/token",
-			"REFRESHER_"+up+"_CLIENT_ID=test-client",
-			"REFRESHER_"+up+"_CLIENT_SECRET=test-secret",
-		)
-	}
-	return env
 }
 
 // tokenRE matches any token the fake provider issues.
