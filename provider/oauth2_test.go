@@ -3,6 +3,7 @@ package provider_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -147,5 +148,68 @@ func TestNewOAuth2Validates(t *testing.T) {
 		if _, err := provider.NewOAuth2(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("NewOAuth2(%+v) error = %v, want %q", tt.cfg, err, tt.want)
 		}
+	}
+}
+
+// TestErrorBodiesNeverEchoed: whatever the status, an error answer whose body echoes
+// the refresh token presented (in error_description, in a field of its own, or as
+// plain text) must not bring it into the error, which reaches logs, last_error and
+// dead letters. Each answer is also classified as it must be.
+//
+// It catches the break "invalid_grant keeps the body" (go run ./internal/mutants).
+func TestErrorBodiesNeverEchoed(t *testing.T) {
+	const planted = "planted-refresh-token-5f1c9a"
+	for _, tt := range []struct {
+		name        string
+		status      int
+		contentType string
+		body        string // %s is the echoed token
+		invalid     bool   // ErrInvalidGrant, else a TransientError with the status
+	}{
+		{"400 invalid_grant", 400, "application/json", `{"error":"invalid_grant","error_description":"refresh token %s was revoked","echo":"%[1]s"}`, true},
+		{"400 invalid_grant form-encoded", 400, "application/x-www-form-urlencoded", `error=invalid_grant&error_description=bad+token+%s`, true},
+		{"400 invalid_request", 400, "application/json", `{"error":"invalid_request","error_description":"cannot parse %s"}`, false},
+		{"401 invalid_client", 401, "application/json", `{"error":"invalid_client","error_description":"client sent %s"}`, false},
+		{"403 plain text", 403, "text/plain", `forbidden: refresh_token=%s`, false},
+		{"429 with Retry-After", 429, "application/json", `{"error":"slow_down","echo":{"refresh_token":"%s"}}`, false},
+		{"500 html", 500, "text/html", `<html><body>Internal error handling %s</body></html>`, false},
+		{"502 json", 502, "application/json", `{"error":"server_error","error_description":"upstream got %s"}`, false},
+		{"503 no error code", 503, "application/json", `{"message":"down for maintenance","request":"grant_type=refresh_token&refresh_token=%s"}`, false},
+		{"504 plain text", 504, "text/plain", `gateway timeout for %s`, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_ = r.ParseForm()
+				if got := r.PostForm.Get("refresh_token"); got != planted {
+					t.Errorf("provider got refresh_token %q", got)
+				}
+				w.Header().Set("Content-Type", tt.contentType)
+				if tt.status == http.StatusTooManyRequests {
+					w.Header().Set("Retry-After", "3")
+				}
+				w.WriteHeader(tt.status)
+				_, _ = fmt.Fprintf(w, tt.body, r.PostForm.Get("refresh_token"))
+			}))
+			defer srv.Close()
+			c := client(t, srv.URL, provider.AuthStyleParams, "secret", time.Second)
+			_, err := c.Refresh(context.Background(), planted)
+			if err == nil {
+				t.Fatal("no error for an error answer")
+			}
+			for _, s := range []string{err.Error(), fmt.Sprintf("%v", err), fmt.Sprintf("%+v", err)} {
+				if strings.Contains(s, planted) || strings.Contains(s, "5f1c9a") {
+					t.Fatalf("the error carries the echoed refresh token: %s", strings.ReplaceAll(s, planted, "<PLANTED>"))
+				}
+			}
+			var te *provider.TransientError
+			switch {
+			case tt.invalid && !errors.Is(err, provider.ErrInvalidGrant):
+				t.Fatalf("error = %v, want ErrInvalidGrant", err)
+			case !tt.invalid && (!errors.As(err, &te) || te.Status != tt.status):
+				t.Fatalf("error = %v, want a TransientError with status %d", err, tt.status)
+			case tt.status == http.StatusTooManyRequests && provider.RetryAfter(err) != 3*time.Second:
+				t.Fatalf("429: retry after %s, want 3s", provider.RetryAfter(err))
+			}
+		})
 	}
 }
