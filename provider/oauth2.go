@@ -109,9 +109,16 @@ func classify(err error) error {
 		if re.ErrorCode == "invalid_grant" {
 			return fmt.Errorf("%w (status %d)", ErrInvalidGrant, status)
 		}
-		reason := re.ErrorCode
+		// Only an error code the OAuth specifications define is kept: the field is the
+		// provider's to fill, and one that echoes the request would put a token here.
+		reason := http.StatusText(status)
+		if knownErrorCodes[re.ErrorCode] {
+			reason = re.ErrorCode
+		} else if re.ErrorCode != "" {
+			reason += " (unrecognised error code withheld)"
+		}
 		if reason == "" {
-			reason = http.StatusText(status)
+			reason = "no status"
 		}
 		return &TransientError{Status: status, RetryAfter: retryAfter, Reason: sanitize(reason)}
 	}
@@ -129,6 +136,15 @@ func classify(err error) error {
 	// url.Error would print the token endpoint URL, which is fine, but oauth2's own
 	// errors may include response bodies.
 	return &TransientError{Reason: reason, Err: err}
+}
+
+// knownErrorCodes are the token endpoint error codes of RFC 6749 §5.2 and the ones
+// RFC 6749 §4.1.2.1 and RFC 8628 add that providers return from it.
+var knownErrorCodes = map[string]bool{
+	"invalid_request": true, "invalid_client": true, "invalid_grant": true,
+	"unauthorized_client": true, "unsupported_grant_type": true, "invalid_scope": true,
+	"access_denied": true, "server_error": true, "temporarily_unavailable": true,
+	"slow_down": true, "expired_token": true, "authorization_pending": true,
 }
 
 // parseRetryAfter reads delta-seconds or an HTTP date.

@@ -176,6 +176,8 @@ func TestErrorBodiesNeverEchoed(t *testing.T) {
 		{"502 json", 502, "application/json", `{"error":"server_error","error_description":"upstream got %s"}`, false},
 		{"503 no error code", 503, "application/json", `{"message":"down for maintenance","request":"grant_type=refresh_token&refresh_token=%s"}`, false},
 		{"504 plain text", 504, "text/plain", `gateway timeout for %s`, false},
+		{"400 token in the error field itself", 400, "application/json", `{"error":"%s"}`, false},
+		{"500 token in the error field itself, form-encoded", 500, "application/x-www-form-urlencoded", `error=%s`, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
