@@ -49,7 +49,7 @@ func (c *Consumer) fastClaim(g *group) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("claim credential %d: %w", g.key.ID, err)
+		return false, fmt.Errorf("claim credential %d: %w", g.key.ID, lockError([]int64{g.key.ID}, err))
 	}
 	d := time.Since(start)
 	c.observer.LockWait(d)

@@ -51,13 +51,19 @@ func lockRows(ctx context.Context, tx bun.IDB, ids []int64, skipLocked bool) ([]
 		q = q.Where("c.id IN (?)", bun.In(ids)).OrderExpr("c.id")
 	}
 	if err := q.For(lock).Scan(ctx); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
-			return nil, fmt.Errorf("lock credentials %v: %w", ids, ErrLockTimeout)
-		}
-		return nil, fmt.Errorf("lock credentials %v: %w", ids, err)
+		return nil, lockError(ids, err)
 	}
 	return rows, nil
+}
+
+// lockError names the credentials a failed lock was for, turning lock_not_available
+// into ErrLockTimeout.
+func lockError(ids []int64, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+		return fmt.Errorf("lock credentials %v: %w", ids, ErrLockTimeout)
+	}
+	return fmt.Errorf("lock credentials %v: %w", ids, err)
 }
 
 // existing returns which of ids exist, without locking them (to tell a row locked
