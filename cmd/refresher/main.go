@@ -100,7 +100,7 @@ Configuration comes from the environment: run "refresher config" to see every va
 	root.AddCommand(
 		migrateCmd(e), seedCmd(e), publishCmd(e), consumeCmd(e), configCmd(e),
 		fakeProviderCmd(e), demoCmd(e), verifyCmd(e),
-		replayCmd(e), dlqCmd(e), statusCmd(e), benchCmd(e), rekeyCmd(e), streamsCmd(e),
+		replayCmd(e), dlqCmd(e), statusCmd(e), consoleCmd(e), benchCmd(e), rekeyCmd(e), streamsCmd(e),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
