@@ -46,6 +46,8 @@ type Overview struct {
 	// ChartStart is the start of the chart's first minute.
 	ChartStart time.Time `json:"chart_start"`
 	Errors     []string  `json:"errors"`
+	// Timings are how long each part took to gather, by name.
+	Timings map[string]time.Duration `json:"timings_ns"`
 }
 
 // ServiceOverview is one service's row of the overview.
@@ -94,13 +96,18 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 		TopReasons: []status.ReasonCount{}, Services: []ServiceOverview{}, Owners: []OwnerOverview{}}
 	ov.ChartStart = now.Truncate(time.Minute).Add(-(ChartMinutes - 1) * time.Minute)
 	fail := func(part string, err error) { ov.Errors = append(ov.Errors, part+": "+err.Error()) }
+	ov.Timings = map[string]time.Duration{}
+	mark := time.Now()
+	lap := func(name string) { ov.Timings[name] = time.Since(mark); mark = time.Now() }
 
-	rep, err := status.Gather(ctx, c.db, c.js, status.Options{Window: c.opts.ExpiringWithin, DLQScan: -1, Now: func() time.Time { return now }})
+	rep, err := status.Gather(ctx, c.db, c.js, status.Options{Window: c.opts.ExpiringWithin, DLQScan: -1, SkipCredentials: true,
+		Now: func() time.Time { return now }})
 	if err != nil {
 		ov.Errors = append(ov.Errors, rep.Errors...)
 	}
 	ov.Stream, ov.Consumer, ov.Connections = rep.Stream, rep.Consumer, rep.Connections
 	ov.DeadLetters = rep.DeadLetters.Messages
+	lap("nats and connections")
 
 	svc := map[string]*ServiceOverview{}
 	get := func(name string) *ServiceOverview {
@@ -114,22 +121,25 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 	for _, name := range c.opts.Services {
 		get(name)
 	}
-	for _, sc := range rep.Credentials.Services {
-		s := get(sc.Service)
-		s.Credentials = sc.Total
-		s.ReauthRequired = sc.ByStatus[model.StatusReauthRequired]
-		s.Expired = sc.Expired
-		s.ExpiringSoon = sc.ExpiringWithinWindow
+	exists, err := c.tableExists(ctx)
+	if err != nil {
+		fail("credentials", err)
 	}
-	if rep.Credentials.TableExists {
-		if err := c.chart(ctx, now, ov.ChartStart, get); err != nil {
-			fail("chart", err)
+	if exists {
+		if err := c.credentials(ctx, now, ov.ChartStart, get); err != nil {
+			fail("credentials", err)
 		}
+		lap("credentials")
+		if err := c.failures(ctx, ov.ChartStart, get); err != nil {
+			fail("failures", err)
+		}
+		lap("failures")
 		owners, err := c.claims(ctx, get)
 		if err != nil {
 			fail("claims", err)
 		}
 		ov.Owners = owners
+		lap("claims")
 	}
 	if err := c.liveOwners(ctx, &ov); err != nil {
 		fail("owners", err)
@@ -152,40 +162,78 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 	return ov
 }
 
-// chart counts, per service and minute of the hour, the credentials whose refresh
-// began and those whose failure was recorded in it. Both read the rows updated in
-// the last hour through credentials_updated_at_idx.
-func (c *Console) chart(ctx context.Context, now, since time.Time, get func(string) *ServiceOverview) error {
+func (c *Console) tableExists(ctx context.Context) (bool, error) {
+	var ok bool
+	err := c.db.NewRaw("SELECT to_regclass('credentials') IS NOT NULL").Scan(ctx, &ok)
+	return ok, err
+}
+
+// credentials counts the table in one pass, grouped by service, status and the
+// minute of the last hour in which the row's last refresh began: the totals, the
+// rows needing reauth, the active rows expired and expiring soon, and the chart's
+// refreshes.
+func (c *Console) credentials(ctx context.Context, now, since time.Time, get func(string) *ServiceOverview) error {
 	rows, err := c.db.QueryContext(ctx, `
-		SELECT service,
-		       floor(extract(epoch FROM refreshed_at - ?::timestamptz) / 60)::int AS refreshed_minute,
-		       floor(extract(epoch FROM updated_at - ?::timestamptz) / 60)::int AS failed_minute,
-		       failures > 0 AS failed,
-		       count(*)
+		SELECT service, status,
+		       CASE WHEN refreshed_at >= ?::timestamptz
+		            THEN (floor(extract(epoch FROM refreshed_at))::bigint - ?::bigint) / 60 ELSE -1 END AS minute,
+		       count(*),
+		       count(*) FILTER (WHERE expires_at <= ?::timestamptz),
+		       count(*) FILTER (WHERE expires_at > ?::timestamptz AND expires_at <= ?::timestamptz)
 		FROM credentials
-		WHERE updated_at >= ?::timestamptz
-		GROUP BY 1, 2, 3, 4`, since, since, since)
+		GROUP BY 1, 2, 3`, since, since.Unix(), now, now, now.Add(c.opts.ExpiringWithin))
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			service string
-			rm, fm  *int
-			failed  bool
-			n       int
+			service, st              string
+			minute                   int
+			total, expired, expiring int64
 		)
-		if err := rows.Scan(&service, &rm, &fm, &failed, &n); err != nil {
+		if err := rows.Scan(&service, &st, &minute, &total, &expired, &expiring); err != nil {
 			return err
 		}
 		s := get(service)
-		if rm != nil && *rm >= 0 && *rm < ChartMinutes {
-			s.Refreshed[*rm] += n
-			s.RefreshedHour += n
+		s.Credentials += total
+		if st == model.StatusReauthRequired {
+			s.ReauthRequired += total
+		} else {
+			s.Expired += expired
+			s.ExpiringSoon += expiring
 		}
-		if failed && fm != nil && *fm >= 0 && *fm < ChartMinutes {
-			s.Failed[*fm] += n
+		if minute >= 0 && minute < ChartMinutes {
+			s.Refreshed[minute] += int(total)
+			s.RefreshedHour += int(total)
+		}
+	}
+	return rows.Err()
+}
+
+// failures counts, per service and minute of the last hour, the credentials whose
+// last failure was recorded in it, through credentials_failures_idx.
+func (c *Console) failures(ctx context.Context, since time.Time, get func(string) *ServiceOverview) error {
+	rows, err := c.db.QueryContext(ctx, `
+		SELECT service, (floor(extract(epoch FROM updated_at))::bigint - ?::bigint) / 60, count(*)
+		FROM credentials
+		WHERE failures > 0 AND updated_at >= ?::timestamptz
+		GROUP BY 1, 2`, since.Unix(), since)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			service   string
+			minute, n int
+		)
+		if err := rows.Scan(&service, &minute, &n); err != nil {
+			return err
+		}
+		if minute >= 0 && minute < ChartMinutes {
+			s := get(service)
+			s.Failed[minute] += n
 			s.FailedHour += n
 		}
 	}

@@ -2,4 +2,4 @@ DROP INDEX IF EXISTS credentials_claims_idx;
 
 --bun:split
 
-DROP INDEX IF EXISTS credentials_updated_at_idx;
+DROP INDEX IF EXISTS credentials_failures_idx;

@@ -1,10 +1,11 @@
--- refresher console: the overview's "per minute over the last hour" chart reads the
--- rows changed in the last hour (refreshes and failures both set updated_at), and its
--- in-flight column counts live claims. (Plain CREATE INDEX: migrations run under an
--- advisory lock that a concurrent build would wait on. On a million rows each build
--- takes about a second, during which writes to credentials wait.)
-CREATE INDEX IF NOT EXISTS credentials_updated_at_idx
-    ON credentials (updated_at);
+-- refresher console: the overview's "failed per minute over the last hour" reads the
+-- failing rows changed in the last hour, and its in-flight column counts live claims.
+-- Both indexes are partial, so the fleet's ordinary refreshes (failures 0, no claim
+-- after the commit) add no entry to them. (Plain CREATE INDEX: migrations run under an
+-- advisory lock that a concurrent build would wait on.)
+CREATE INDEX IF NOT EXISTS credentials_failures_idx
+    ON credentials (updated_at) INCLUDE (service)
+    WHERE failures > 0;
 
 --bun:split
 
