@@ -125,7 +125,9 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on
+	// the console's own form POSTs, which the CSRF check refuses.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 	if c.opts.Token != "" && !strings.HasPrefix(r.URL.Path, "/assets/") && r.URL.Path != "/login" && !c.authenticated(r) {
 		if r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/") {

@@ -357,3 +357,17 @@ func TestIsLoopback(t *testing.T) {
 		}
 	}
 }
+
+// requestsStored is the number of messages REFRESH ever stored.
+func (r *rig) requestsStored(t *testing.T) uint64 {
+	t.Helper()
+	s, err := r.env.JS().Stream(context.Background(), publisher.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
