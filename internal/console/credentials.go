@@ -14,8 +14,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/refresher/refresher/consumer"
+	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 )
@@ -201,6 +204,10 @@ func (c *Console) RefreshNow(ctx context.Context, key model.Key, who string) (ui
 		reason = reason[:model.MaxReasonLen]
 	}
 	m.Data, _ = json.Marshal(model.Body{Reason: reason})
+	ctx, span := tracing.Tracer().Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("refresher.service", key.Service), attribute.Int64("refresher.credential_id", key.ID)))
+	defer span.End()
+	tracing.Inject(ctx, m.Header)
 	ack, err := c.js.PublishMsg(ctx, m)
 	if err != nil {
 		return 0, err

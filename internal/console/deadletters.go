@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/refresher/refresher/internal/status"
+	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 )
@@ -302,6 +303,11 @@ func (c *Console) ReplayDeadLetters(ctx context.Context, seqs []uint64) (ReplayR
 		m.Header.Set(model.HeaderRequestedAt, model.FormatRequestedAt(at))
 		m.Header.Set(jetstream.MsgIDHeader, publisher.ReplayMsgID(key, run))
 		m.Data = body
+		if tracing.Extract(raw.Header).IsValid() {
+			tracing.Copy(m.Header, raw.Header) // the original request's trace
+		} else {
+			tracing.Inject(ctx, m.Header)
+		}
 		if _, err := c.js.PublishMsg(ctx, m); err != nil {
 			return res, fmt.Errorf("republish %s: %w", key.Subject(), err)
 		}
