@@ -15,12 +15,14 @@ import (
 	"github.com/refresher/refresher/internal/console"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/publisher"
 )
 
 // TestOverviewScale renders the overview over many credentials, most of them
 // refreshed within the hour (a million credentials refreshed every 45 minutes): the
 // page must render in under a second. REFRESHER_CONSOLE_ROWS sets the row count
-// (default 50,000; the README's figure is for 1,000,000).
+// (default 50,000; the README's figure is for 1,000,000); REFRESHER_CONSOLE_BACKLOG=1
+// also publishes a request for every row first, none consumed.
 func TestOverviewScale(t *testing.T) {
 	rows := 50000
 	if v := os.Getenv("REFRESHER_CONSOLE_ROWS"); v != "" {
@@ -37,7 +39,18 @@ func TestOverviewScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("seeded %d credentials with COPY in %s", rows, time.Since(start).Round(time.Millisecond))
-	env.Publisher() // the streams
+	p := env.Publisher() // the streams
+	if os.Getenv("REFRESHER_CONSOLE_BACKLOG") != "" {
+		// Every credential requested and none consumed: the overview's per-service
+		// backlog counts walk a stream of rows messages.
+		t0 := time.Now()
+		for _, s := range []string{"github", "google"} {
+			if _, err := p.PublishScan(ctx, env.DB, publisher.Scan{Service: s}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("published a backlog of %d requests in %s", rows, time.Since(t0).Round(time.Millisecond))
+	}
 	c, err := console.New(env.DB, env.Conn(), console.Options{Services: env.Services})
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +73,13 @@ func TestOverviewScale(t *testing.T) {
 	var total int64
 	for _, s := range ov.Services {
 		total += s.Credentials
+	}
+	var backlog uint64
+	for _, s := range ov.Services {
+		backlog += s.Backlog
+	}
+	if os.Getenv("REFRESHER_CONSOLE_BACKLOG") != "" && backlog != uint64(rows) {
+		t.Errorf("backlog %d, want %d", backlog, rows)
 	}
 	if total != int64(rows) || len(ov.Errors) != 0 {
 		t.Fatalf("overview of %d rows counts %d; errors %v", rows, total, ov.Errors)

@@ -10,7 +10,12 @@
       if (busy || document.hidden) return;
       busy = true;
       fetch(src, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+        .then(function (r) {
+          // Signed out meanwhile (a redirect to the sign-in page): reload to show it.
+          if (r.redirected) { location.reload(); throw new Error("signed out"); }
+          if (!r.ok) throw new Error(r.status);
+          return r.text();
+        })
         .then(function (html) { live.innerHTML = html; live.setAttribute("data-updated", String(Date.now())); })
         .catch(function () { live.setAttribute("data-stale", "true"); })
         .finally(function () { busy = false; });
