@@ -97,9 +97,45 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 	ov.ChartStart = now.Truncate(time.Minute).Add(-(ChartMinutes - 1) * time.Minute)
 	fail := func(part string, err error) { ov.Errors = append(ov.Errors, part+": "+err.Error()) }
 	ov.Timings = map[string]time.Duration{}
+
+	// The database's part (one pass over the table, then two small index reads) runs
+	// beside the JetStream part; each fills its own per-service map, merged after.
+	type pgResult struct {
+		svc     map[string]*ServiceOverview
+		owners  []OwnerOverview
+		errs    []string
+		timings map[string]time.Duration
+	}
+	pgDone := make(chan pgResult, 1)
+	go func() {
+		r := pgResult{svc: map[string]*ServiceOverview{}, timings: map[string]time.Duration{}}
+		get := getter(r.svc)
+		mark := time.Now()
+		lap := func(name string) { r.timings[name] = time.Since(mark); mark = time.Now() }
+		pgFail := func(part string, err error) { r.errs = append(r.errs, part+": "+err.Error()) }
+		exists, err := c.tableExists(ctx)
+		if err != nil {
+			pgFail("credentials", err)
+		}
+		if exists {
+			if err := c.credentials(ctx, now, ov.ChartStart, get); err != nil {
+				pgFail("credentials", err)
+			}
+			lap("credentials")
+			if err := c.failures(ctx, ov.ChartStart, get); err != nil {
+				pgFail("failures", err)
+			}
+			lap("failures")
+			if r.owners, err = c.claims(ctx, get); err != nil {
+				pgFail("claims", err)
+			}
+			lap("claims")
+		}
+		pgDone <- r
+	}()
+
 	mark := time.Now()
 	lap := func(name string) { ov.Timings[name] = time.Since(mark); mark = time.Now() }
-
 	rep, err := status.Gather(ctx, c.db, c.js, status.Options{Window: c.opts.ExpiringWithin, DLQScan: -1, SkipCredentials: true,
 		Now: func() time.Time { return now }})
 	if err != nil {
@@ -107,52 +143,62 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 	}
 	ov.Stream, ov.Consumer, ov.Connections = rep.Stream, rep.Consumer, rep.Connections
 	ov.DeadLetters = rep.DeadLetters.Messages
-	lap("nats and connections")
-
-	svc := map[string]*ServiceOverview{}
-	get := func(name string) *ServiceOverview {
-		if s := svc[name]; s != nil {
-			return s
-		}
-		s := &ServiceOverview{Service: name}
-		svc[name] = s
-		return s
-	}
-	for _, name := range c.opts.Services {
-		get(name)
-	}
-	exists, err := c.tableExists(ctx)
-	if err != nil {
-		fail("credentials", err)
-	}
-	if exists {
-		if err := c.credentials(ctx, now, ov.ChartStart, get); err != nil {
-			fail("credentials", err)
-		}
-		lap("credentials")
-		if err := c.failures(ctx, ov.ChartStart, get); err != nil {
-			fail("failures", err)
-		}
-		lap("failures")
-		owners, err := c.claims(ctx, get)
-		if err != nil {
-			fail("claims", err)
-		}
-		ov.Owners = owners
-		lap("claims")
-	}
-	if err := c.liveOwners(ctx, &ov); err != nil {
-		fail("owners", err)
-	}
+	lap("streams and connections")
+	dlSvc := map[string]*ServiceOverview{}
 	if rep.DeadLetters.Exists {
-		if err := c.deadLetterSummary(ctx, &ov, get); err != nil {
+		if err := c.deadLetterSummary(ctx, &ov, getter(dlSvc)); err != nil {
 			fail("dead letters", err)
 		}
 	}
+	lap("dead letters")
+	blSvc := map[string]*ServiceOverview{}
 	if rep.Stream.Exists {
-		if err := c.backlog(ctx, rep.Consumer, svc); err != nil {
+		get := getter(blSvc)
+		for _, name := range c.opts.Services {
+			get(name)
+		}
+		if err := c.backlog(ctx, rep.Consumer, blSvc); err != nil {
 			fail("backlog", err)
 		}
+	}
+	lap("backlog")
+
+	pg := <-pgDone
+	ov.Errors = append(ov.Errors, pg.errs...)
+	for k, d := range pg.timings {
+		ov.Timings[k] = d
+	}
+	ov.Owners = pg.owners
+	svc := map[string]*ServiceOverview{}
+	get := getter(svc)
+	for _, name := range c.opts.Services {
+		get(name)
+	}
+	for name, p := range pg.svc {
+		s := get(name)
+		s.Credentials, s.ReauthRequired, s.Expired, s.ExpiringSoon = p.Credentials, p.ReauthRequired, p.Expired, p.ExpiringSoon
+		s.Refreshed, s.RefreshedHour, s.Failed, s.FailedHour, s.InFlight = p.Refreshed, p.RefreshedHour, p.Failed, p.FailedHour, p.InFlight
+	}
+	for name, d := range dlSvc {
+		s := get(name)
+		s.DeadLetters, s.Dead, s.DeadHour = d.DeadLetters, d.Dead, d.DeadHour
+	}
+	// Services the configuration does not name, found in the table or dead letters.
+	extra := map[string]*ServiceOverview{}
+	for name, s := range svc {
+		if b, ok := blSvc[name]; ok {
+			s.Backlog, s.OldestPending = b.Backlog, b.OldestPending
+		} else if rep.Stream.Exists {
+			extra[name] = s
+		}
+	}
+	if len(extra) > 0 {
+		if err := c.backlog(ctx, rep.Consumer, extra); err != nil {
+			fail("backlog", err)
+		}
+	}
+	if err := c.liveOwners(ctx, &ov); err != nil {
+		fail("owners", err)
 	}
 	for _, s := range svc {
 		ov.Services = append(ov.Services, *s)
@@ -160,6 +206,18 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 	slices.SortFunc(ov.Services, func(a, b ServiceOverview) int { return cmp.Compare(a.Service, b.Service) })
 	ov.Took = time.Since(start)
 	return ov
+}
+
+// getter returns the entry of m for a service, adding it when missing.
+func getter(m map[string]*ServiceOverview) func(string) *ServiceOverview {
+	return func(name string) *ServiceOverview {
+		if s := m[name]; s != nil {
+			return s
+		}
+		s := &ServiceOverview{Service: name}
+		m[name] = s
+		return s
+	}
 }
 
 func (c *Console) tableExists(ctx context.Context) (bool, error) {

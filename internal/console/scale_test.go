@@ -78,8 +78,8 @@ func TestOverviewScale(t *testing.T) {
 	for _, s := range ov.Services {
 		backlog += s.Backlog
 	}
-	if os.Getenv("REFRESHER_CONSOLE_BACKLOG") != "" && backlog != uint64(rows) {
-		t.Errorf("backlog %d, want %d", backlog, rows)
+	if active := uint64(rows - rows/200); os.Getenv("REFRESHER_CONSOLE_BACKLOG") != "" && backlog != active {
+		t.Errorf("backlog %d, want %d (the active rows)", backlog, active)
 	}
 	if total != int64(rows) || len(ov.Errors) != 0 {
 		t.Fatalf("overview of %d rows counts %d; errors %v", rows, total, ov.Errors)
