@@ -48,6 +48,7 @@ type claim struct {
 // each group that needs no provider call, and commits a claim, durably, for each one
 // that does. The connection goes back to the pool before any call is made.
 func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
+	defer endSteps(startSteps(groups, "claim"))
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
 	defer cancel()
 	var ids []int64

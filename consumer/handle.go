@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
@@ -68,6 +69,9 @@ type job struct {
 	log       *slog.Logger
 	outcome   Outcome
 	err       error
+	// ctx and span are the message's trace (trace.go); nil for RefreshNow.
+	ctx  context.Context
+	span trace.Span
 }
 
 // handle takes one message to exactly one of ack, nak with delay, or terminate.
@@ -96,6 +100,7 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	}
 	j.meta, j.delivered = meta, meta.NumDelivered
 	j.log = c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
+	j.startMessageSpan(msg.Subject(), msg.Headers(), meta.Sequence.Stream)
 	header, hasHeader, err := model.RequestedAtHeader(msg.Headers().Values(model.HeaderRequestedAt))
 	if err == nil {
 		j.req, err = parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
@@ -118,6 +123,7 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 // outcome, then logs and counts it once.
 func (c *Consumer) settle(j *job) {
 	defer c.observer.InFlight(-1)
+	defer j.endMessageSpan()
 	ack := false
 	switch j.outcome {
 	case Refreshed, SkippedFresh, SkippedReauth, NotFound:

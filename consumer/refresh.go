@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
+
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
 )
@@ -161,7 +163,12 @@ func (c *Consumer) callGroups(groups []*group) {
 			// later than a request made just after it began.
 			g.began = c.now().Truncate(time.Microsecond)
 			start := time.Now()
+			span := startSteps([]*group{g}, "provider call")[0]
 			g.tok, g.err = g.lead.prov.Refresh(ctx, g.presented)
+			if g.err != nil {
+				span.SetStatus(codes.Error, errOf(g.err))
+			}
+			span.End()
 			c.stats.providerCall()
 			c.observer.ProviderCall(g.key.Service, time.Since(start), g.err)
 		}()
@@ -195,6 +202,7 @@ const (
 // returned and drops the claims. Until the claims would expire it retries a database
 // that cannot be reached: an issued token exists only here meanwhile.
 func (c *Consumer) commitGroups(groups []*group) {
+	defer endSteps(startSteps(groups, "commit"))
 	deadline := groups[0].claim.deadline
 	ids := make([]int64, len(groups))
 	for i, g := range groups {

@@ -13,7 +13,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 )
 
@@ -203,13 +206,22 @@ func (p *Publisher) request(key model.Key, start time.Time) *nats.Msg {
 
 // publishAll publishes one request per id from next, all in one window computed once,
 // so a run that straddles a boundary still dedupes against its twin.
-func (p *Publisher) publishAll(ctx context.Context, service string, next func() (int64, bool)) (Result, error) {
+//
+// Tracing hook: one "publish" span (a child of ctx's) covers the run, and every
+// message carries its W3C trace context (traceparent, tracestate), which consumers
+// link their spans to. Without a tracer provider installed this costs nothing.
+func (p *Publisher) publishAll(ctx context.Context, service string, next func() (int64, bool)) (res Result, err error) {
+	ctx, span := tracing.Tracer().Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("refresher.service", service)))
+	defer func() { tracing.EndPublish(span, res.Published, res.Duplicate, res.Failed+res.Unknown, err) }()
 	start := p.WindowStart(p.now())
 	return p.publishMsgs(ctx, func() (*nats.Msg, bool) {
 		id, ok := next()
 		if !ok {
 			return nil, false
 		}
-		return p.request(model.Key{Service: service, ID: id}, start), true
+		msg := p.request(model.Key{Service: service, ID: id}, start)
+		tracing.Inject(ctx, msg.Header)
+		return msg, true
 	})
 }

@@ -13,7 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 )
 
@@ -182,6 +185,10 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 	}
 
 	latest := map[model.Key]time.Time{}
+	// Tracing hook: the trace context of the message each latest time came from, so
+	// that the republished request keeps the original trace link (held only for
+	// messages that carry one).
+	traces := map[model.Key]nats.Header{}
 	progress := func(ReplayProgress) {}
 	if opts.Progress != nil {
 		progress = opts.Progress
@@ -208,6 +215,11 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 		default:
 			if cur, seen := latest[key]; !seen || at.After(cur) {
 				latest[key] = at
+				if h := traceHeaders(msg.Headers()); h != nil {
+					traces[key] = h
+				} else {
+					delete(traces, key)
+				}
 			}
 		}
 		progress(ReplayProgress{Phase: PhaseRead, Done: res.Read, Total: total})
@@ -237,6 +249,8 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 	})
 	run := nuid.Next()
 	i := 0
+	ctx, span := tracing.Tracer().Start(ctx, "replay", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("refresher.stream", name)))
 	pub, err := p.publishMsgs(ctx, func() (*nats.Msg, bool) {
 		if i == len(reqs) {
 			return nil, false
@@ -244,8 +258,15 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 		r := reqs[i]
 		i++
 		progress(ReplayProgress{Phase: PhaseRepublish, Done: i, Total: len(reqs)})
-		return p.replayMsg(r.key, r.at, run), true
+		msg := p.replayMsg(r.key, r.at, run)
+		if h := traces[r.key]; h != nil {
+			tracing.Copy(msg.Header, h) // the original request's trace
+		} else {
+			tracing.Inject(ctx, msg.Header)
+		}
+		return msg, true
 	})
+	tracing.EndPublish(span, pub.Published, pub.Duplicate, pub.Failed+pub.Unknown, err)
 	// A duplicate here is the same request from another publisher, which cannot
 	// happen with this run's ids unless someone copies them: stored either way.
 	res.Republished = pub.Published + pub.Duplicate
@@ -273,6 +294,16 @@ func (p *Publisher) replayMsg(key model.Key, at time.Time, run string) *nats.Msg
 		msg.Data, _ = json.Marshal(model.Body{Reason: p.reason})
 	}
 	return msg
+}
+
+// traceHeaders returns the W3C trace context headers of h, or nil when it has none.
+func traceHeaders(h nats.Header) nats.Header {
+	if !tracing.Extract(h).IsValid() {
+		return nil
+	}
+	out := nats.Header{}
+	tracing.Copy(out, h)
+	return out
 }
 
 // replayRequest reads the credential and request time of a stored message, as the

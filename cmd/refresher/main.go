@@ -13,12 +13,14 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/logging"
 	"github.com/refresher/refresher/internal/progress"
+	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 )
 
@@ -45,6 +47,15 @@ type env struct {
 // configuration or usage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr}
+	// OpenTelemetry: off unless the OTEL_* variables name an exporter (internal/tracing).
+	shutdownTracing := func(context.Context) error { return nil }
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdownTracing(sctx); err != nil && e.log != nil {
+			e.log.Warn("could not flush traces", "error", err)
+		}
+	}()
 	// The default logger is this run's while it lasts (see PersistentPreRunE), and the
 	// one before afterwards: run is called many times in one test process. SetDefault
 	// also redirects the log package, which it does not undo itself.
@@ -88,6 +99,14 @@ Configuration comes from the environment: run "refresher config" to see every va
 			// Packages that log without being handed a logger (publisher.EnsureStreams,
 			// called by consume and publish) log here too.
 			slog.SetDefault(log)
+			if tracing.Enabled() && cmd.Name() != "config" {
+				shutdown, err := tracing.Setup(cmd.Context(), cmd.Name())
+				if err != nil {
+					return &config.Error{Err: err}
+				}
+				shutdownTracing = shutdown
+				log.Info("sending traces over OTLP", "endpoint", redactedEndpoint())
+			}
 			return nil
 		},
 	}
@@ -100,7 +119,7 @@ Configuration comes from the environment: run "refresher config" to see every va
 	root.AddCommand(
 		migrateCmd(e), seedCmd(e), publishCmd(e), consumeCmd(e), configCmd(e),
 		fakeProviderCmd(e), demoCmd(e), verifyCmd(e),
-		replayCmd(e), dlqCmd(e), statusCmd(e), benchCmd(e), rekeyCmd(e), streamsCmd(e), natsNodeCmd(e),
+		replayCmd(e), dlqCmd(e), statusCmd(e), consoleCmd(e), benchCmd(e), rekeyCmd(e), streamsCmd(e), natsNodeCmd(e),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -124,4 +143,14 @@ func isCobraUsage(err error) bool {
 		}
 	}
 	return false
+}
+
+// redactedEndpoint is the OTLP endpoint traces go to, as logs may show it.
+func redactedEndpoint() string {
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		if v := os.Getenv(k); v != "" {
+			return model.RedactURL(v)
+		}
+	}
+	return "(the exporter's default, http://localhost:4318)"
 }

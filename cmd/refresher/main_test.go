@@ -24,7 +24,7 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 
 func TestEveryCommandHasHelp(t *testing.T) {
 	for _, cmd := range []string{"", "migrate", "seed", "publish", "consume", "config", "fake-provider", "demo", "verify",
-		"replay", "dlq", "dlq list", "dlq replay", "dlq purge", "status", "bench", "rekey", "streams", "streams diff", "streams apply"} {
+		"replay", "dlq", "dlq list", "dlq replay", "dlq purge", "status", "console", "bench", "rekey", "streams", "streams diff", "streams apply"} {
 		t.Run(cmd, func(t *testing.T) {
 			args := append(strings.Fields(cmd), "--help")
 			code, out, _ := runCLI(t, args...)

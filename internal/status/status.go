@@ -32,6 +32,9 @@ type Options struct {
 	TopReasons int
 	// Now replaces time.Now, for tests.
 	Now func() time.Time
+	// SkipCredentials leaves Report.Credentials empty, for a caller that counts the
+	// table its own way (the console counts it in the same pass as its chart).
+	SkipCredentials bool
 }
 
 func (o Options) withDefaults() Options {
@@ -101,7 +104,9 @@ func Gather(ctx context.Context, db bun.IDB, js jetstream.JetStream, opts Option
 	if rep.DeadLetters, err = deadLetterReport(ctx, js, opts.DLQScan, opts.TopReasons); err != nil {
 		fail("dead letters", err)
 	}
-	if rep.Credentials, err = credentialReport(ctx, db, now, opts.Window); err != nil {
+	if opts.SkipCredentials {
+		rep.Credentials = CredentialReport{Window: opts.Window.String(), Services: []ServiceCredentials{}, Total: newService("")}
+	} else if rep.Credentials, err = credentialReport(ctx, db, now, opts.Window); err != nil {
 		fail("credentials", err)
 	}
 	if rep.Connections, err = connectionReport(ctx, db); err != nil {
