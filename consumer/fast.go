@@ -35,6 +35,8 @@ func (c *Consumer) fastClaim(g *group) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
 	defer cancel()
 	start := time.Now()
+	spans := startSteps([]*group{g}, "claim")
+	defer endSteps(spans)
 	id := rand.Int64N(1<<62) + 1
 	cred := new(model.Credential)
 	query := c.format(`UPDATE credentials AS c SET claim_id = ?, claim_owner = ?, claim_started_at = now(),
@@ -70,6 +72,8 @@ func (c *Consumer) fastCommit(g *group) bool {
 	ctx, cancel := context.WithDeadline(context.Background(), g.claim.deadline)
 	defer cancel()
 	start := time.Now()
+	spans := startSteps([]*group{g}, "commit")
+	defer endSteps(spans)
 	row := &lockedRow{Credential: *g.claim.cred}
 	w, err := c.sealed(row, g)
 	if err != nil {
