@@ -85,11 +85,13 @@ func sigkillRecovery(t *testing.T, settings []string, rows, kills int, settle ti
 		victim := consumers[0]
 		pid := victim.cmd.Process.Pid
 		owned := fmt.Sprintf("%%/%d/%%", pid)
-		// Mid-call: the victim holds claims for calls in flight.
-		fleettest.Eventually(t, time.Minute, "the victim holding claims", func() bool {
+		// Mid-call: the victim holds claims taken 150 ms ago or more, so their requests
+		// have reached the provider (which rotates on receipt and answers 400 ms later).
+		fleettest.Eventually(t, time.Minute, "the victim holding claims for calls in flight", func() bool {
 			var n int
 			err := fx.DB.NewSelect().Model((*model.Credential)(nil)).ColumnExpr("count(*)").
-				Where("claim_owner LIKE ?", owned).Scan(ctx, &n)
+				Where("claim_owner LIKE ?", owned).
+				Where("claim_started_at < now() - interval '150 milliseconds'").Scan(ctx, &n)
 			return err == nil && n > 0
 		})
 		if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
