@@ -40,8 +40,9 @@ type ownerAnswer struct {
 	at   time.Time
 }
 
-// ownerKey turns an owner name into a valid key ([-/_=.a-zA-Z0-9]).
-func ownerKey(owner string) string {
+// OwnerKey is the key an owner (a claim_owner value) keeps alive in OwnersBucket: the
+// name with every character a key may not hold ([-_=.a-zA-Z0-9] are kept) as '_'.
+func OwnerKey(owner string) string {
 	return strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '=', r == '.':
@@ -89,7 +90,7 @@ func (l *liveness) release() {
 	if kv, err := l.open(context.Background(), false); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_ = kv.Delete(ctx, ownerKey(l.c.owner))
+		_ = kv.Delete(ctx, OwnerKey(l.c.owner))
 	}
 }
 
@@ -125,7 +126,7 @@ func (l *liveness) put(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = kv.Put(ctx, ownerKey(l.c.owner), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
+	_, err = kv.Put(ctx, OwnerKey(l.c.owner), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 	return err
 }
 
@@ -194,7 +195,7 @@ func (l *liveness) dead(owner string) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, err = kv.Get(ctx, ownerKey(owner))
+	_, err = kv.Get(ctx, OwnerKey(owner))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
 		l.answers.Store(owner, ownerAnswer{dead: true, at: time.Now()})

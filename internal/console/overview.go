@@ -352,7 +352,7 @@ func (c *Console) liveOwners(ctx context.Context, ov *Overview) error {
 	}
 	_ = lister.Stop() // the listing is complete once Keys is closed
 	for i := range ov.Owners {
-		k := ownerKey(ov.Owners[i].Owner)
+		k := consumer.OwnerKey(ov.Owners[i].Owner)
 		if live[k] {
 			ov.Owners[i].Alive = true
 			delete(live, k)
@@ -363,17 +363,6 @@ func (c *Console) liveOwners(ctx context.Context, ov *Overview) error {
 	}
 	slices.SortFunc(ov.Owners, func(a, b OwnerOverview) int { return cmp.Compare(a.Owner, b.Owner) })
 	return nil
-}
-
-// ownerKey is consumer's mapping of an owner name to its bucket key.
-func ownerKey(owner string) string {
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '=', r == '.':
-			return r
-		}
-		return '_'
-	}, owner)
 }
 
 // deadLetterSummary reads the newest dead letters: per service, per minute of the
