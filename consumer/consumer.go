@@ -41,6 +41,7 @@ type Consumer struct {
 	// settles: a duplicate waiting for it needs no database look.
 	local sync.Map // claim id (int64) -> chan struct{}
 	live  *liveness
+	skips skipCounts
 	// asyncClaims (test-only) commits claims without waiting for the WAL flush: the
 	// control that shows a database crash then loses credentials.
 	asyncClaims bool
@@ -160,6 +161,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}()
 	c.live.acquire(ctx)
 	defer c.live.release() // after the drain: claims in flight need the key until then
+	stopSkips, skipsDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(skipsDone); c.writeSkips(stopSkips, skipsInterval) }()
+	defer func() { close(stopSkips); <-skipsDone }() // the drain's skips are written too
 	close(c.ready)
 	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "owner", c.owner,
 		"concurrency", c.cfg.Concurrency, "batch_size", c.cfg.BatchSize,
@@ -246,6 +250,9 @@ func connErr(nc *nats.Conn) error {
 	}
 	return errors.New("message iterator closed")
 }
+
+// skipsInterval is how often skip counts go to SkipsBucket.
+const skipsInterval = 10 * time.Second
 
 // batchLinger is how long a batch waits for more messages once it has one: enough
 // to take what the client has buffered, short enough not to delay a quiet stream.

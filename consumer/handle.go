@@ -146,6 +146,9 @@ func (c *Consumer) settle(j *job) {
 
 	d := time.Since(j.start)
 	c.stats.add(j.outcome)
+	if j.outcome == SkippedFresh || j.outcome == SkippedReauth {
+		c.skips.add(j.req.key.Service, time.Now())
+	}
 	c.observer.MessageDone(j.req.key.Service, j.outcome, d)
 	log := j.log
 	if j.req.key.ID != 0 {

@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/console"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/internal/pgtest"
@@ -207,6 +209,26 @@ func TestConsoleHTTP(t *testing.T) {
 	}
 	if ov.Services[1].Service != "google" || ov.Services[1].Credentials != 3 || ov.Services[1].Backlog != 0 {
 		t.Fatalf("google: %+v", ov.Services[1])
+	}
+
+	// Skips leave nothing in PostgreSQL: the chart takes them from the consumers'
+	// per-minute counts (two processes' counts for this minute are summed).
+	kv, err := r.env.JS().CreateOrUpdateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: consumer.SkipsBucket, TTL: consumer.SkipsTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	minute := time.Now().Unix() / 60
+	for owner, n := range map[string]string{"host_1_a": "4", "host_2_b": "3"} {
+		if _, err := kv.Put(context.Background(), fmt.Sprintf("%d.github.%s", minute, owner), []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, body, _ = get(t, c, base+"/api/overview")
+	if err := json.Unmarshal([]byte(body), &ov); code != 200 || err != nil {
+		t.Fatalf("overview JSON: %d %v\n%s", code, err, body)
+	}
+	if s := ov.Services[0]; s.SkippedHour != 7 || s.Skipped[console.ChartMinutes-1] != 7 {
+		t.Fatalf("github skips: hour %d, last minute %d; want 7", s.SkippedHour, s.Skipped[console.ChartMinutes-1])
 	}
 
 	// Dead letters: filter by the reason group, then replay the one found.

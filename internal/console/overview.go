@@ -69,13 +69,15 @@ type ServiceOverview struct {
 	// the credentials whose last refresh began in that minute, those whose last failed
 	// call was recorded in it, and the dead letters stored in it. A credential refreshed
 	// twice in the hour counts once, in its last minute: the database keeps only the
-	// last refresh. Skips (requests already satisfied) write nothing and are counted by
-	// the consumers' metrics only (refresher_messages_total).
+	// last refresh. Skipped counts the requests the skip rule answered, which write
+	// nothing: the consumers keep them per minute in consumer.SkipsBucket.
 	Refreshed [ChartMinutes]int `json:"refreshed_per_minute"`
+	Skipped   [ChartMinutes]int `json:"skipped_per_minute"`
 	Failed    [ChartMinutes]int `json:"failed_per_minute"`
 	Dead      [ChartMinutes]int `json:"dead_per_minute"`
-	// Hour sums of the three.
+	// Hour sums of the four.
 	RefreshedHour int `json:"refreshed_last_hour"`
+	SkippedHour   int `json:"skipped_last_hour"`
 	FailedHour    int `json:"failed_last_hour"`
 	DeadHour      int `json:"dead_last_hour"`
 }
@@ -162,6 +164,11 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 		}
 	}
 	lap("backlog")
+	skips, err := consumer.SkipsPerMinute(ctx, c.js)
+	if err != nil {
+		fail("skips", err)
+	}
+	lap("skips")
 
 	pg := <-pgDone
 	ov.Errors = append(ov.Errors, pg.errs...)
@@ -182,6 +189,16 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 	for name, d := range dlSvc {
 		s := get(name)
 		s.DeadLetters, s.Dead, s.DeadHour = d.DeadLetters, d.Dead, d.DeadHour
+	}
+	first := ov.ChartStart.Unix() / 60
+	for name, byMinute := range skips {
+		for minute, n := range byMinute {
+			if i := minute - first; i >= 0 && i < ChartMinutes {
+				s := get(name)
+				s.Skipped[i] += int(n)
+				s.SkippedHour += int(n)
+			}
+		}
 	}
 	// Services the configuration does not name, found in the table or dead letters.
 	extra := map[string]*ServiceOverview{}
@@ -489,28 +506,28 @@ type overviewView struct {
 	RefreshMS int64
 }
 
-// Chart draws a service's last hour as stacked bars (refreshed, failed, dead) in
+// Chart draws a service's last hour as stacked bars (refreshed, skipped, failed, dead) in
 // an inline SVG: numbers only, so nothing from the data reaches the markup as text
 // but counts and times.
 func (s ServiceOverview) Chart(start time.Time) template.HTML {
 	const w, h, bw = 600, 80, 10
 	peak := 1
 	for i := range ChartMinutes {
-		peak = max(peak, s.Refreshed[i]+s.Failed[i]+s.Dead[i])
+		peak = max(peak, s.Refreshed[i]+s.Skipped[i]+s.Failed[i]+s.Dead[i])
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="%s: refreshed, failed and dead-lettered per minute, last hour (peak %d)">`,
+	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="%s: refreshed, skipped, failed and dead-lettered per minute, last hour (peak %d)">`,
 		w, h+12, w, h+12, template.HTMLEscapeString(s.Service), peak)
 	for i := range ChartMinutes {
 		x := i * bw
 		y := h
 		minute := start.Add(time.Duration(i) * time.Minute).Format("15:04")
-		fmt.Fprintf(&b, `<g><title>%s UTC: %d refreshed, %d failed, %d dead-lettered</title>`, minute, s.Refreshed[i], s.Failed[i], s.Dead[i])
+		fmt.Fprintf(&b, `<g><title>%s UTC: %d refreshed, %d skipped, %d failed, %d dead-lettered</title>`, minute, s.Refreshed[i], s.Skipped[i], s.Failed[i], s.Dead[i])
 		fmt.Fprintf(&b, `<rect class="bg" x="%d" y="0" width="%d" height="%d"/>`, x, bw-1, h)
 		for _, part := range []struct {
 			n     int
 			class string
-		}{{s.Refreshed[i], "ok"}, {s.Failed[i], "fail"}, {s.Dead[i], "dead"}} {
+		}{{s.Refreshed[i], "ok"}, {s.Skipped[i], "skip"}, {s.Failed[i], "fail"}, {s.Dead[i], "dead"}} {
 			if part.n == 0 {
 				continue
 			}
