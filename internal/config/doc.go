@@ -72,7 +72,7 @@ func isSecret(spec any, field string) bool {
 // service in REFRESHER_SERVICES (or for a placeholder <SERVICE> when none is set).
 func AllVars() []Var {
 	var vars []Var
-	for _, spec := range []any{&Connections{}, &Logging{}, &Services{}, &consumer.Config{}, &publisher.StreamConfig{}, &Publish{}, &HTTP{}, &Console{}, &Encryption{}, &NATS{}} {
+	for _, spec := range []any{&Connections{}, &Logging{}, &Services{}, &consumer.Config{}, &publisher.StreamConfig{}, &Publish{}, &HTTP{}, &Console{}, &Encryption{}, &NATS{}, &Tracing{}} {
 		vars = append(vars, Vars("", spec)...)
 	}
 	names := []string{"<SERVICE>"}

@@ -61,6 +61,11 @@ func Setup(ctx context.Context, command string) (shutdown func(context.Context) 
 	}
 	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
 		semconv.ServiceName("refresher"), semconv.ProcessCommand("refresher "+command)))
+	if err == nil && os.Getenv("OTEL_SERVICE_NAME") != "" {
+		// resource.Default() reads OTEL_SERVICE_NAME: the operator's name wins over
+		// "refresher" (without it, Default's "unknown_service" must not).
+		res, err = resource.Merge(res, resource.Default())
+	}
 	if err != nil {
 		res = resource.Default()
 	}
