@@ -3,7 +3,6 @@ package consumer
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -156,21 +155,15 @@ func (l *liveness) open(ctx context.Context, create bool) (jetstream.KeyValue, e
 // bucket opens OwnersBucket, creating it when missing. An existing bucket keeps its
 // TTL (the fleet's setting, not one process's); a different one is a warning.
 func (l *liveness) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	kv, err := l.c.js.KeyValue(ctx, OwnersBucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = l.c.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      OwnersBucket,
-			Description: "refresher consume processes alive: a key per process, renewed every TTL/4",
-			TTL:         l.ttl,
-			History:     1,
-			Replicas:    l.c.streams.Replicas,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = l.c.js.KeyValue(ctx, OwnersBucket)
-		}
-	}
+	kv, err := openOrCreateKV(ctx, l.c.js, jetstream.KeyValueConfig{
+		Bucket:      OwnersBucket,
+		Description: "refresher consume processes alive: a key per process, renewed every TTL/4",
+		TTL:         l.ttl,
+		History:     1,
+		Replicas:    l.c.streams.Replicas,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("owners bucket %s: %w", OwnersBucket, err)
+		return nil, err
 	}
 	if st, err := kv.Status(ctx); err == nil && st.TTL() != l.ttl {
 		l.c.log.Warn("owners bucket TTL differs from REFRESHER_OWNER_TTL; the bucket's is used",
