@@ -41,6 +41,7 @@ type Consumer struct {
 	// settles: a duplicate waiting for it needs no database look.
 	local sync.Map // claim id (int64) -> chan struct{}
 	live  *liveness
+	sql   settingsSQL
 	skips skipCounts
 	// asyncClaims (test-only) commits claims without waiting for the WAL flush: the
 	// control that shows a database crash then loses credentials.
@@ -101,6 +102,7 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 		o(c)
 	}
 	c.live = &liveness{c: c, ttl: cfg.OwnerTTL}
+	c.sql = newSettingsSQL(cfg)
 	return c, nil
 }
 

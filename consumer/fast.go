@@ -19,13 +19,6 @@ import (
 // attempt's claim, a row that changed — the statement changes nothing and the full
 // step runs: SELECT … FOR UPDATE, the decisions in Go, the writes.
 
-// durableSettings is a FROM item that sets, for the statement's own transaction, what
-// beginTx sets for the others.
-func (c *Consumer) durableSettings() string {
-	return fmt.Sprintf("(SELECT set_config('synchronous_commit', 'on', true), set_config('lock_timeout', '%d', true)) AS settings",
-		c.cfg.LockTimeout.Milliseconds())
-}
-
 // fastClaim claims g's credential in one statement when it is active, not refreshed
 // since the request, and holds no claim at all. It reports whether it claimed.
 func (c *Consumer) fastClaim(g *group) (bool, error) {
@@ -41,7 +34,7 @@ func (c *Consumer) fastClaim(g *group) (bool, error) {
 	cred := new(model.Credential)
 	query := c.format(`UPDATE credentials AS c SET claim_id = ?, claim_owner = ?, claim_started_at = now(),
 			claim_expires_at = now() + ?::bigint * interval '1 millisecond'
-		FROM `+c.durableSettings()+`
+		FROM `+c.sql.durableSettings+`
 		WHERE c.id = ? AND c.service = ? AND c.status = ? AND c.claim_id IS NULL
 		  AND (c.refreshed_at IS NULL OR c.refreshed_at <= ?)
 		RETURNING c.*`,
@@ -80,10 +73,8 @@ func (c *Consumer) fastCommit(g *group) bool {
 		return false
 	}
 	query := c.format(`UPDATE credentials AS c SET
-			access_token = ?, refresh_token = ?, expires_at = ?, refreshed_at = ?,
-			version = c.version + 1, failures = 0, last_error = NULL, updated_at = now(),
-			claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
-		FROM `+c.durableSettings()+`
+			access_token = ?, refresh_token = ?, expires_at = ?, refreshed_at = ?, `+refreshedBookkeeping+`, `+clearClaim+`
+		FROM `+c.sql.durableSettings+`
 		WHERE c.id = ? AND c.service = ? AND c.claim_id = ? AND c.refresh_token = ?`,
 		w.access, w.refresh, w.expires, w.refreshedAt, g.key.ID, g.key.Service, g.claim.id, g.claim.cred.RefreshToken)
 	res, err := c.db.ExecContext(ctx, query)

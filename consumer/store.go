@@ -81,6 +81,12 @@ func existing(ctx context.Context, db bun.IDB, ids []int64) ([]int64, error) {
 // '?' inside a rendered value is then never taken for a placeholder), so that a
 // transaction can send its writes and its COMMIT in one round trip.
 
+// clearClaim is the SET list that drops a row's claim.
+const clearClaim = "claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL"
+
+// refreshedBookkeeping is what every token write sets beside the token columns.
+const refreshedBookkeeping = "version = c.version + 1, failures = 0, last_error = NULL, updated_at = now()"
+
 // claimSQL records claims on locked rows (claims maps credential id to claim id),
 // replacing expired ones. The expiry is computed by the database's clock, the one
 // every later check reads.
@@ -121,8 +127,7 @@ func (c *Consumer) tokensSQL(ws []tokenWrite) string {
 	}
 	return c.format(`UPDATE credentials AS c SET
 			access_token = v.access_token, refresh_token = v.refresh_token, expires_at = v.expires_at,
-			refreshed_at = v.refreshed_at, version = c.version + 1, failures = 0, last_error = NULL, updated_at = now(),
-			claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
+			refreshed_at = v.refreshed_at, `+refreshedBookkeeping+`, `+clearClaim+`
 		FROM (VALUES `+strings.Join(values, ", ")+`) AS v (id, access_token, refresh_token, expires_at, refreshed_at, claim_id)
 		WHERE c.id = v.id AND c.claim_id IS NOT DISTINCT FROM v.claim_id`, args...)
 }
@@ -160,7 +165,7 @@ func (c *Consumer) dropClaimsSQL(claims map[int64]int64) string {
 		values = append(values, "(?::bigint, ?::bigint)")
 		args = append(args, id, claim)
 	}
-	return c.format(`UPDATE credentials AS c SET claim_id = NULL, claim_owner = NULL, claim_started_at = NULL, claim_expires_at = NULL
+	return c.format(`UPDATE credentials AS c SET `+clearClaim+`
 		FROM (VALUES `+strings.Join(values, ", ")+`) AS v (id, claim) WHERE c.id = v.id AND c.claim_id = v.claim`, args...)
 }
 

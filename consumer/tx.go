@@ -19,6 +19,27 @@ type shortTx struct {
 	open bool // BEGIN sent, no COMMIT or ROLLBACK yet
 }
 
+// settingsSQL is the fixed SQL text the protocol's statements carry, rendered once
+// from the configuration instead of on every message.
+type settingsSQL struct {
+	// beginDurable and beginAsync start a short transaction with its settings.
+	beginDurable, beginAsync string
+	// durableSettings is a FROM item that sets, for a one-statement step's own
+	// transaction, what beginDurable sets for the others.
+	durableSettings string
+}
+
+func newSettingsSQL(cfg Config) settingsSQL {
+	ms := cfg.LockTimeout.Milliseconds()
+	begin := "BEGIN; SET LOCAL lock_timeout = %d; SET LOCAL synchronous_commit = %s"
+	return settingsSQL{
+		beginDurable: fmt.Sprintf(begin, ms, "on"),
+		beginAsync:   fmt.Sprintf(begin, ms, "off"),
+		durableSettings: fmt.Sprintf("(SELECT set_config('synchronous_commit', 'on', true), set_config('lock_timeout', '%d', true)) AS settings",
+			ms),
+	}
+}
+
 // begin starts a short transaction. Its commit waits for the WAL flush whatever the
 // server's or the role's default (unless durable is false, for the test control): a
 // claim or a token that a crash could take back after it was acted on is the failure
@@ -28,13 +49,12 @@ func (c *Consumer) begin(ctx context.Context, durable bool) (*shortTx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database connection: %w", err)
 	}
-	sync := "on"
+	begin := c.sql.beginDurable
 	if !durable {
-		sync = "off"
+		begin = c.sql.beginAsync
 	}
 	t := &shortTx{conn: conn, open: true}
-	if _, err := conn.ExecContext(ctx, fmt.Sprintf("BEGIN; SET LOCAL lock_timeout = %d; SET LOCAL synchronous_commit = %s",
-		c.cfg.LockTimeout.Milliseconds(), sync)); err != nil {
+	if _, err := conn.ExecContext(ctx, begin); err != nil {
 		t.close()
 		return nil, fmt.Errorf("begin: %w", err)
 	}
