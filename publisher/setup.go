@@ -49,11 +49,21 @@ func TransientSetupError(err error) bool {
 // process started with (or during) a JetStream cluster election waits for the
 // cluster instead of exiting.
 func SetupRetry(ctx context.Context, log *slog.Logger, what string, setup func(ctx context.Context) error) error {
+	return Retry(ctx, log, what, what+": failed, retrying (JetStream not ready: an election, a restart?)", TransientSetupError,
+		func(ctx context.Context) error {
+			tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			return setup(tctx)
+		})
+}
+
+// Retry runs try (what it does: what) until it succeeds, fails with an error
+// transient does not accept, or ctx ends, waiting 250 ms, doubling to 5 s, between
+// tries and logging each failure as waiting, with the attempt.
+func Retry(ctx context.Context, log *slog.Logger, what, waiting string, transient func(error) bool, try func(ctx context.Context) error) error {
 	delay := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := setup(tctx)
-		cancel()
+		err := try(ctx)
 		if err == nil {
 			if attempt > 1 {
 				log.Info(what+": done", "attempts", attempt)
@@ -63,11 +73,10 @@ func SetupRetry(ctx context.Context, log *slog.Logger, what string, setup func(c
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: %w (last error: %w)", what, ctx.Err(), err)
 		}
-		if !TransientSetupError(err) {
+		if !transient(err) {
 			return err
 		}
-		log.Warn(what+": failed, retrying (JetStream not ready: an election, a restart?)",
-			"attempt", attempt, "retry_in", delay, "error", err)
+		log.Warn(waiting, "attempt", attempt, "retry_in", delay, "error", err)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -16,6 +16,7 @@ import (
 	"github.com/refresher/refresher/internal/metrics"
 	"github.com/refresher/refresher/internal/natsconn"
 	"github.com/refresher/refresher/provider"
+	"github.com/refresher/refresher/publisher"
 )
 
 // httpShutdownTimeout bounds how long a scrape in progress may delay the exit once the
@@ -181,20 +182,13 @@ func warnRecovery(e *env, cfg consumer.Config, providers map[string]provider.Ref
 // consumer started with (or before) its NATS servers waits for them, as it waits for
 // a cluster's elections. A refused credential or TLS problem is not waited out.
 func connectWaiting(ctx context.Context, e *env, natsURL string) (*nats.Conn, error) {
-	delay := 250 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		nc, err := natsconn.Connect(natsURL, "refresher-consume", e.log)
-		if err == nil || !errors.Is(err, nats.ErrNoServers) {
-			return nc, err
-		}
-		e.log.Warn("NATS not reachable yet; retrying", "attempt", attempt, "retry_in", delay, "error", err)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, err
-		case <-t.C:
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
+	var nc *nats.Conn
+	err := publisher.Retry(ctx, e.log, "connect to NATS", "NATS not reachable yet; retrying",
+		func(err error) bool { return errors.Is(err, nats.ErrNoServers) },
+		func(context.Context) error {
+			var err error
+			nc, err = natsconn.Connect(natsURL, "refresher-consume", e.log)
+			return err
+		})
+	return nc, err
 }
