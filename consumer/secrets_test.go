@@ -167,22 +167,8 @@ func assertNoToken(t *testing.T, env *fleettest.Env, outputs map[string]string) 
 // header and the body.
 func deadLetterTexts(t *testing.T, env *fleettest.Env) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := env.JS().Stream(ctx, publisher.DLQStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, m := range fleettest.StreamMessages(t, env.JS(), publisher.DLQStream) {
 		var b strings.Builder
 		b.WriteString(m.Subject + "\n")
 		for k, vs := range m.Header {

@@ -89,21 +89,8 @@ func TestForeignMessageTakesDedupeID(t *testing.T) {
 // requestsFor counts the stored messages on key's subject whose body parses.
 func requestsFor(t *testing.T, js jetstream.JetStream, key model.Key) int {
 	t.Helper()
-	ctx := context.Background()
-	s, err := js.Stream(ctx, publisher.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, m := range fleettest.StreamMessages(t, js, publisher.Stream) {
 		if _, berr := model.ParseBody(m.Data); m.Subject == key.Subject() && berr == nil {
 			n++
 		}

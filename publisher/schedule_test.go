@@ -18,21 +18,8 @@ import (
 // storedIDs reads every message of REFRESH and counts them by Nats-Msg-Id.
 func storedIDs(t *testing.T, js jetstream.JetStream) map[string]int {
 	t.Helper()
-	ctx := context.Background()
-	s, err := js.Stream(ctx, publisher.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ids := map[string]int{}
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatalf("read message %d: %v", seq, err)
-		}
+	for _, m := range fleettest.StreamMessages(t, js, publisher.Stream) {
 		ids[m.Header.Get(jetstream.MsgIDHeader)]++
 	}
 	return ids

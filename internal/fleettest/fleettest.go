@@ -6,6 +6,7 @@ package fleettest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -328,26 +329,39 @@ type DeadLetter struct {
 	Data       []byte
 }
 
-// DeadLetters reads every message in REFRESH_DLQ.
-func (e *Env) DeadLetters() []DeadLetter {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// StreamMessages reads every message stored in stream, in order (messages deleted
+// from its middle are passed over).
+func StreamMessages(t testing.TB, js jetstream.JetStream, stream string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := e.JS()
-	s, err := js.Stream(ctx, publisher.DLQStream)
+	s, err := js.Stream(ctx, stream)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	var out []DeadLetter
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			e.t.Fatalf("read dead letter %d: %v", seq, err)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
 		}
+		if err != nil {
+			t.Fatalf("read %s message %d: %v", stream, seq, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// DeadLetters reads every message in REFRESH_DLQ.
+func (e *Env) DeadLetters() []DeadLetter {
+	e.t.Helper()
+	var out []DeadLetter
+	for _, m := range StreamMessages(e.t, e.JS(), publisher.DLQStream) {
 		out = append(out, DeadLetter{
 			Subject: m.Subject, Original: m.Header.Get(consumer.HeaderOriginalSubject),
 			Reason: m.Header.Get(consumer.HeaderReason), Deliveries: m.Header.Get(consumer.HeaderDeliveries), Data: m.Data,
