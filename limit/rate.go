@@ -1,0 +1,88 @@
+package limit
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Rate is a provider's request quota: N calls per Per, with up to Burst calls at once
+// on top of the steady pace. The zero Rate is no limit.
+type Rate struct {
+	N     int
+	Per   time.Duration
+	Burst int
+}
+
+// ErrBadRate means a rate could not be parsed.
+var ErrBadRate = errors.New("want <calls>/<s|m|h>, like 600/m or 20/s")
+
+// ParseRate reads "600/m", "20/s" or "5000/h"; "" is no limit. The burst is
+// DefaultBurst of the rate; SetBurst changes it.
+func ParseRate(s string) (Rate, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		return Rate{}, nil
+	}
+	num, unit, ok := strings.Cut(s, "/")
+	if !ok {
+		return Rate{}, fmt.Errorf("rate %q: %w", s, ErrBadRate)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(num))
+	if err != nil || n < 1 || n > 1_000_000 {
+		return Rate{}, fmt.Errorf("rate %q: calls must be a whole number from 1 to 1000000: %w", s, ErrBadRate)
+	}
+	var per time.Duration
+	switch strings.TrimSpace(unit) {
+	case "s", "sec", "second":
+		per = time.Second
+	case "m", "min", "minute":
+		per = time.Minute
+	case "h", "hour":
+		per = time.Hour
+	default:
+		return Rate{}, fmt.Errorf("rate %q: unit %q: %w", s, unit, ErrBadRate)
+	}
+	r := Rate{N: n, Per: per}
+	r.Burst = r.DefaultBurst()
+	return r, nil
+}
+
+// DefaultBurst is a tenth of a second's worth of calls, at least one: enough that
+// processes taking tokens one round trip at a time keep up with the pace, small
+// enough that a provider never sees a noticeable spike.
+func (r Rate) DefaultBurst() int {
+	if r.IsZero() {
+		return 0
+	}
+	return max(1, int(math.Ceil(r.PerSecond()/10)))
+}
+
+// IsZero reports whether r is no limit.
+func (r Rate) IsZero() bool { return r.N == 0 }
+
+// PerSecond is the steady pace.
+func (r Rate) PerSecond() float64 {
+	if r.IsZero() {
+		return 0
+	}
+	return float64(r.N) / r.Per.Seconds()
+}
+
+// interval is the time one call's token takes to come back.
+func (r Rate) interval() time.Duration { return time.Duration(float64(r.Per) / float64(r.N)) }
+
+// String writes r the way ParseRate reads it, with the burst.
+func (r Rate) String() string {
+	if r.IsZero() {
+		return "unlimited"
+	}
+	unit := map[time.Duration]string{time.Second: "s", time.Minute: "m", time.Hour: "h"}[r.Per]
+	if unit == "" {
+		unit = r.Per.String()
+	}
+	return fmt.Sprintf("%d/%s (burst %d)", r.N, unit, r.Burst)
+}
