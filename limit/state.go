@@ -35,8 +35,8 @@ type State struct {
 	// that dies stops renewing and its slots come back when the lease runs out.
 	Slots map[string]Slot `json:"slots,omitempty"`
 	// PausedUntil is when a provider's Retry-After ends: no call starts before it.
-	PausedUntil int64  `json:"paused_until,omitempty"`
-	PauseReason string `json:"pause_reason,omitempty"`
+	PausedUntil int64   `json:"paused_until,omitempty"`
+	PauseReason string  `json:"pause_reason,omitempty"`
 	Circuit     Circuit `json:"circuit,omitempty"`
 	// Failures is the run of transient failures since the last success.
 	Failures int   `json:"failures,omitempty"`
