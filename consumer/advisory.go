@@ -12,10 +12,10 @@ import (
 	"github.com/refresher/refresher/publisher"
 )
 
-// MaxDeliveriesSubject is where JetStream announces that a message of the shared
-// durable ran out of deliveries without any handler settling it (for instance a process
-// that crashes on it every time).
-var MaxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + publisher.Stream + "." + Durable
+// MaxDeliveriesSubject is where JetStream announces that a message of one of the
+// fleet's durables ran out of deliveries without any handler settling it (for instance
+// a process that crashes on it every time).
+var MaxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + publisher.Stream + ".*"
 
 // maxDeliveriesAdvisory is the part of the advisory we use.
 type maxDeliveriesAdvisory struct {

@@ -37,10 +37,11 @@ func TestMaxDeliveriesAdvisory(t *testing.T) {
 	for _, w := range watchers {
 		go func() { _ = w.WatchMaxDeliveries(ctx, nc) }()
 	}
-	cons, err := watchers[0].Bind(ctx)
+	bound, err := watchers[0].Bind(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cons := bound["github"]
 	// A crashing worker: the durable's ack wait is shortened so the test does not wait
 	// out the real one.
 	info, err := cons.Info(ctx)

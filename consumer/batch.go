@@ -19,7 +19,41 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 		return
 	}
 	stop := c.keepAlive(msgs...)
-	c.refreshBatch(groupJobs(jobs))
+	groups := groupJobs(jobs)
+	var entered, later []*group
+	for i, g := range groups {
+		switch {
+		case i == 0 && c.enter(g):
+			entered = append(entered, g)
+		case i == 0 || len(entered) == 0:
+			// The first was interrupted: so are the others.
+			g.settle(Interrupted, nil)
+		case c.admitWithin(g, batchPermitWait) == nil && c.enterCalls(g):
+			entered = append(entered, g)
+		case g.state != settled:
+			later = append(later, g)
+		}
+	}
+	if len(entered) > 0 {
+		c.refreshBatch(entered)
+		c.leave(len(entered))
+	}
+	// Groups whose permit did not come at once wait for it alone, holding nothing.
+	var wg sync.WaitGroup
+	for _, g := range later {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if c.enter(g) {
+				c.refreshGroup(g)
+				c.leave(1)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, g := range groups {
+		g.returnPermit()
+	}
 	stop()
 	for _, j := range jobs {
 		c.settle(j)
@@ -48,7 +82,7 @@ func (c *Consumer) refreshBatch(groups []*group) {
 				called = append(called, g)
 			}
 		}
-		if len(called) > 0 {
+		if called = c.holdBack(called); len(called) > 0 {
 			c.callGroups(called)
 			c.commitGroups(called)
 		}

@@ -22,6 +22,7 @@ type Config struct {
 	DrainTimeout    time.Duration   `envconfig:"REFRESHER_DRAIN_TIMEOUT" default:"30s" desc:"on SIGTERM, time for in-flight messages to finish"`
 	DefaultTokenTTL time.Duration   `envconfig:"REFRESHER_DEFAULT_TOKEN_TTL" default:"1h" desc:"expires_at for a token whose provider gave no expires_in"`
 	BatchSize       int             `envconfig:"REFRESHER_BATCH_SIZE" default:"1" desc:"requests claimed and committed together; above 1, one claim and one commit transaction serve the whole batch"`
+	LimitLease      time.Duration   `envconfig:"REFRESHER_LIMIT_LEASE" default:"5s" desc:"how long a process's share of a service's REFRESHER_<SERVICE>_MAX_IN_FLIGHT counts without renewal: how soon the slots of a process that died come back"`
 }
 
 // DefaultConfig is what the env defaults amount to, for code that configures itself
@@ -39,6 +40,7 @@ func DefaultConfig() Config {
 		DrainTimeout:    30 * time.Second,
 		DefaultTokenTTL: time.Hour,
 		BatchSize:       1,
+		LimitLease:      5 * time.Second,
 	}
 }
 
@@ -72,6 +74,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("REFRESHER_BATCH_SIZE=%d: want 1 to 512", c.BatchSize)
 	case c.BatchSize > c.Concurrency:
 		return fmt.Errorf("REFRESHER_BATCH_SIZE=%d: must not exceed REFRESHER_CONCURRENCY (%d)", c.BatchSize, c.Concurrency)
+	case c.LimitLease < time.Second:
+		return fmt.Errorf("REFRESHER_LIMIT_LEASE=%s: want at least 1s", c.LimitLease)
 	case c.DefaultTokenTTL <= 0:
 		return fmt.Errorf("REFRESHER_DEFAULT_TOKEN_TTL=%s: must be positive", c.DefaultTokenTTL)
 	}

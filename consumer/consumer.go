@@ -11,13 +11,17 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun"
 
+	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
 	"github.com/refresher/refresher/publisher"
@@ -46,6 +50,12 @@ type Consumer struct {
 	// asyncClaims (test-only) commits claims without waiting for the WAL flush: the
 	// control that shows a database crash then loses credentials.
 	asyncClaims bool
+
+	limits map[string]limit.Limits
+	lim    limiter
+	// calls holds a token per message past its permit: REFRESHER_CONCURRENCY.
+	calls chan struct{}
+	ran   atomic.Bool
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when shutdown begins: no new provider calls
@@ -97,28 +107,98 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 		stopping:  make(chan struct{}),
 		ready:     make(chan struct{}),
 		owner:     ownerName(),
+		calls:     make(chan struct{}, cfg.Concurrency),
 	}
 	for _, o := range opts {
 		o(c)
 	}
 	c.live = &liveness{c: c, ttl: cfg.OwnerTTL}
 	c.sql = newSettingsSQL(cfg)
+	for name, l := range c.limits {
+		if _, ok := providers[name]; !ok {
+			return nil, fmt.Errorf("limits for %q, which is not a configured service", name)
+		}
+		if err := l.Validate("REFRESHER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); err != nil {
+			return nil, err
+		}
+	}
+	c.newLimiter()
 	return c, nil
 }
 
 // Ready is closed once the consumer is bound to the durable and fetching.
 func (c *Consumer) Ready() <-chan struct{} { return c.ready }
 
-// Bind creates or updates the streams and the shared durable consumer. Every process
-// binds with the same settings, so whichever starts first creates them.
-func (c *Consumer) Bind(ctx context.Context) (jetstream.Consumer, error) {
+// ServiceDurable is the durable consumer of one service's requests
+// (refresh.<service>.>), shared by every consume process that serves the service. Each
+// service has its own, with its own budget of unacknowledged messages, so a paused or
+// failing provider leaves its requests in the stream without holding up the others.
+func ServiceDurable(service string) string { return Durable + "-" + service }
+
+// Bind creates the streams when missing and creates or updates the durable consumers:
+// one per service of this process, and Durable, which every process shares for
+// requests no service's durable takes (unknown services, malformed subjects). It
+// returns the service durables by service.
+func (c *Consumer) Bind(ctx context.Context) (map[string]jetstream.Consumer, error) {
 	if err := publisher.EnsureStreams(ctx, c.js, c.streams); err != nil {
 		return nil, err
 	}
-	cons, err := c.js.CreateOrUpdateConsumer(ctx, publisher.Stream, jetstream.ConsumerConfig{
-		Durable:       Durable,
-		Description:   "refresher fleet: one message per credential refresh",
-		FilterSubject: publisher.StreamSubjects,
+	// A new service durable starts where the shared one stands: a fleet upgraded from
+	// one durable for all services neither loses nor replays its history.
+	var floor uint64
+	if shared, err := c.js.Consumer(ctx, publisher.Stream, Durable); err == nil {
+		floor = shared.CachedInfo().AckFloor.Stream
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("look up consumer %s on %s: %w", Durable, publisher.Stream, err)
+	}
+	out := make(map[string]jetstream.Consumer, len(c.providers))
+	for name := range c.providers {
+		cons, err := c.bindService(ctx, name, floor)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = cons
+	}
+	if _, err := c.js.CreateOrUpdateConsumer(ctx, publisher.Stream, c.durableConfig(Durable, publisher.StreamSubjects,
+		"refresher fleet: requests that no service's durable takes (unknown services, malformed subjects)")); err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", Durable, publisher.Stream, err)
+	}
+	return out, nil
+}
+
+// bindService creates or updates one service's durable; a new one starts after floor.
+func (c *Consumer) bindService(ctx context.Context, service string, floor uint64) (jetstream.Consumer, error) {
+	name := ServiceDurable(service)
+	cfg := c.durableConfig(name, model.SubjectPrefix+"."+service+".>", "refresher fleet: refresh requests of "+service)
+	for attempt := 0; ; attempt++ {
+		existing, err := c.js.Consumer(ctx, publisher.Stream, name)
+		switch {
+		case err == nil:
+			// Where a durable started is fixed once it exists.
+			info := existing.CachedInfo().Config
+			cfg.DeliverPolicy, cfg.OptStartSeq = info.DeliverPolicy, info.OptStartSeq
+		case errors.Is(err, jetstream.ErrConsumerNotFound) && floor > 0:
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		case !errors.Is(err, jetstream.ErrConsumerNotFound):
+			return nil, fmt.Errorf("look up consumer %s on %s: %w", name, publisher.Stream, err)
+		}
+		cons, err := c.js.CreateOrUpdateConsumer(ctx, publisher.Stream, cfg)
+		if err == nil {
+			return cons, nil
+		}
+		if attempt == 0 {
+			continue // another process created it meanwhile: take its start
+		}
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", name, publisher.Stream, err)
+	}
+}
+
+// durableConfig is the configuration every durable of the fleet shares.
+func (c *Consumer) durableConfig(name, filter, description string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   description,
+		FilterSubject: filter,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		// Redelivery spacing comes from NakWithDelay (see Config.backoff), not from
@@ -127,26 +207,36 @@ func (c *Consumer) Bind(ctx context.Context) (jetstream.Consumer, error) {
 		AckWait:       c.cfg.AckWait,
 		MaxDeliver:    c.cfg.MaxDeliver,
 		MaxAckPending: c.cfg.MaxAckPending,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", Durable, publisher.Stream, err)
 	}
-	return cons, nil
 }
+
+// ErrRunning means Run was called on a Consumer that is running or has run.
+var ErrRunning = errors.New("consumer: Run may be called once")
 
 // Run handles messages until ctx is cancelled, then drains: it stops fetching, lets
 // in-flight messages finish (a provider call under way is never abandoned), naks the
-// ones not started, and returns nil if all of that fit in the drain timeout.
+// ones not started, and returns nil if all of that fit in the drain timeout. Every
+// goroutine it started has ended when it returns.
 func (c *Consumer) Run(ctx context.Context) error {
+	if !c.ran.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
 	// A cluster being elected (or restarted) is waited for: not ready yet is not a
 	// reason to exit, and /readyz says 503 meanwhile.
-	var iter jetstream.MessagesContext
-	err := publisher.SetupRetry(ctx, c.log, "bind to the durable "+Durable, func(ctx context.Context) error {
-		cons, err := c.Bind(ctx)
-		if err != nil {
+	var (
+		services map[string]jetstream.Consumer
+		strays   jetstream.MessagesContext
+	)
+	err := publisher.SetupRetry(ctx, c.log, "bind to the durables", func(ctx context.Context) error {
+		var err error
+		if services, err = c.Bind(ctx); err != nil {
 			return err
 		}
-		if iter, err = cons.Messages(jetstream.PullMaxMessages(c.cfg.Concurrency)); err != nil {
+		shared, err := c.js.Consumer(ctx, publisher.Stream, Durable)
+		if err != nil {
+			return fmt.Errorf("consumer %s: %w", Durable, err)
+		}
+		if strays, err = shared.Messages(jetstream.PullMaxMessages(strayBatch)); err != nil {
 			return fmt.Errorf("consume %s: %w", Durable, err)
 		}
 		return nil
@@ -154,91 +244,72 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	watchCtx, stopWatch := context.WithCancel(context.Background())
+	var background sync.WaitGroup // goroutines that outlive the drain
+	defer background.Wait()
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatch()
+	background.Add(1)
 	go func() {
+		defer background.Done()
 		if err := c.WatchMaxDeliveries(watchCtx, c.js.Conn()); err != nil {
 			c.log.Error("max-deliveries watch", "error", err)
 		}
 	}()
+	background.Add(1)
+	go func() { defer background.Done(); c.watchBacklog(watchCtx) }()
 	c.live.acquire(ctx)
 	defer c.live.release() // after the drain: claims in flight need the key until then
 	stopSkips, skipsDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(skipsDone); c.writeSkips(stopSkips, skipsInterval) }()
 	defer func() { close(stopSkips); <-skipsDone }() // the drain's skips are written too
+	c.limitFleet()
+	defer c.stopLimits() // after the drain: calls in flight give their slots back
 	close(c.ready)
-	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "owner", c.owner,
+	names := make([]string, 0, len(services))
+	for name := range services {
+		names = append(names, ServiceDurable(name))
+	}
+	slices.Sort(names)
+	c.log.Info("consuming", "stream", publisher.Stream, "durables", strings.Join(names, ","), "shared_durable", Durable, "owner", c.owner,
 		"concurrency", c.cfg.Concurrency, "batch_size", c.cfg.BatchSize,
 		"db_max_conns", c.db.DB.Stats().MaxOpenConnections, "claim_ttl", c.cfg.claimTTL(), "owner_ttl", c.cfg.OwnerTTL, "recovery_time", c.cfg.RecoveryTime())
 
-	var wg sync.WaitGroup
-	loopDone := make(chan struct{})
-	drained := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-loopDone: // the iterator closed on its own: the connection is gone
-		}
-		c.stop()
-		// Drain, not Stop: messages already buffered come out of Next and are nak'ed
-		// below at once, instead of waiting out AckWait on a dead client.
-		iter.Drain()
-		close(drained)
-	}()
+	var (
+		handlers sync.WaitGroup // one per message or batch being handled
+		loops    sync.WaitGroup // the fetch loops
+		lost     = make(chan error, len(services)+1)
+	)
+	for name, cons := range services {
+		loops.Add(1)
+		go func() { defer loops.Done(); c.serveService(name, cons, &handlers, lost) }()
+	}
+	loops.Add(1)
+	go func() { defer loops.Done(); c.serveStrays(strays, &handlers, lost) }()
 
-	// A slot is one message in flight (one provider call at most): batches take a slot
-	// per message, so REFRESHER_CONCURRENCY means calls in flight in both modes.
-	slots := make(chan struct{}, c.cfg.Concurrency)
-	release := func(n int) {
-		for range n {
-			<-slots
-		}
-	}
-	for {
-		slots <- struct{}{}
-		msgs, closed := c.collect(ctx, iter, slots)
-		switch {
-		case len(msgs) == 0:
-			release(1)
-		case c.isStopping():
-			release(len(msgs))
-			for _, m := range msgs {
-				_ = m.Nak()
-			}
-		default:
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer release(len(msgs))
-				if c.cfg.BatchSize > 1 {
-					c.handleBatch(msgs)
-				} else {
-					c.handle(msgs[0])
-				}
-			}()
-		}
-		if closed {
-			break
-		}
-	}
-	close(loopDone)
-	<-drained
 	// Closed without being asked to stop: the NATS connection is gone for good (for
 	// instance the server refused our credentials on reconnect). Exit with an error
 	// so the process is restarted rather than idling with no messages.
-	var lost error
-	if ctx.Err() == nil {
-		lost = fmt.Errorf("consume %s: message stream closed: %w", Durable, connErr(c.js.Conn()))
+	var lostErr error
+	select {
+	case <-ctx.Done():
+	case err := <-lost:
+		lostErr = fmt.Errorf("consume: message stream closed: %w", err)
 	}
+	c.stop()
+	// Drain, not Stop: messages already buffered come out of Next and are nak'ed at
+	// once, instead of waiting out AckWait on a dead client.
+	strays.Drain()
+	loops.Wait()
 
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() { handlers.Wait(); close(done) }()
 	select {
 	case <-done:
 		c.log.Info("drained")
-		return lost
+		return lostErr
 	case <-time.After(c.cfg.DrainTimeout):
-		return errors.Join(lost, fmt.Errorf("drain: in-flight messages still running after %s", c.cfg.DrainTimeout))
+		// The handlers still running end on their own; the process is about to exit.
+		return errors.Join(lostErr, fmt.Errorf("drain: in-flight messages still running after %s", c.cfg.DrainTimeout))
 	}
 }
 
@@ -255,39 +326,6 @@ func connErr(nc *nats.Conn) error {
 
 // skipsInterval is how often skip counts go to SkipsBucket.
 const skipsInterval = 10 * time.Second
-
-// batchLinger is how long a batch waits for more messages once it has one: enough
-// to take what the client has buffered, short enough not to delay a quiet stream.
-const batchLinger = 2 * time.Millisecond
-
-// collect takes the next message (its slot is taken already), and in batch mode up to
-// BatchSize-1 more that are at hand and have a free slot. closed reports that the
-// iterator is done.
-func (c *Consumer) collect(ctx context.Context, iter jetstream.MessagesContext, slots chan struct{}) (msgs []jetstream.Msg, closed bool) {
-	msg, err := iter.Next()
-	if err != nil {
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-			return nil, true
-		}
-		c.log.Warn("fetch", "error", err)
-		return nil, false
-	}
-	msgs = append(msgs, msg)
-	for len(msgs) < c.cfg.BatchSize {
-		select {
-		case slots <- struct{}{}:
-		default:
-			return msgs, false // every slot is in use: go with what we have
-		}
-		msg, err := iter.Next(jetstream.NextMaxWait(batchLinger))
-		if err != nil {
-			<-slots
-			return msgs, errors.Is(err, jetstream.ErrMsgIteratorClosed)
-		}
-		msgs = append(msgs, msg)
-	}
-	return msgs, false
-}
 
 func (c *Consumer) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
 

@@ -81,9 +81,48 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		return
 	}
 	stop := c.keepAlive(msg)
-	c.refreshGroup(newGroup(j))
+	g := newGroup(j)
+	if c.enter(g) {
+		c.refreshGroup(g)
+		c.leave(1)
+	}
+	g.returnPermit()
 	stop()
 	c.settle(j)
+}
+
+// enter waits for the group's permit (limits) and a place among the calls in flight
+// (REFRESHER_CONCURRENCY), in that order: a request of a paused service holds no
+// place another service could use. A group that shutdown stops before it is settled
+// Interrupted.
+func (c *Consumer) enter(g *group) bool {
+	if err := c.admit(g); err != nil {
+		g.settle(Interrupted, nil)
+		return false
+	}
+	return c.enterCalls(g)
+}
+
+// enterCalls takes the group's place among the calls in flight.
+func (c *Consumer) enterCalls(g *group) bool {
+	select {
+	case c.calls <- struct{}{}:
+		return true
+	case <-c.stopping:
+	}
+	if g.lead.delivered >= uint64(c.cfg.MaxDeliver) {
+		c.calls <- struct{}{} // the last delivery is worked through
+		return true
+	}
+	g.settle(Interrupted, nil)
+	return false
+}
+
+// leave frees n places among the calls in flight.
+func (c *Consumer) leave(n int) {
+	for range n {
+		<-c.calls
+	}
 }
 
 // prepare parses a message. A message that is not a valid request is dead-lettered

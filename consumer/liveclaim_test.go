@@ -35,7 +35,7 @@ func consumerInfo(t *testing.T, env *fleettest.Env) *jetstream.ConsumerInfo {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cons, err := env.JS().Consumer(ctx, publisher.Stream, consumer.Durable)
+	cons, err := env.JS().Consumer(ctx, publisher.Stream, consumer.ServiceDurable("github"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,8 @@ func (c *Consumer) RefreshNow(ctx context.Context, key model.Key, requestedAt ti
 	c.live.acquire(ctx)
 	defer c.live.release()
 	j := &job{delivered: 1, req: request{key: key, requestedAt: requestedAt}, prov: prov, start: time.Now(), log: c.log}
-	c.refreshGroup(newGroup(j))
+	g := newGroup(j)
+	c.refreshGroup(g)
+	g.returnPermit()
 	return j.outcome, j.err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,6 +33,25 @@ type liveness struct {
 	kv   jetstream.KeyValue // nil until the bucket could be reached
 
 	answers sync.Map // owner -> ownerAnswer, briefly cached
+
+	// size is the number of live owners last counted: the share of the provider
+	// limits each process keeps when their shared state cannot be read.
+	size atomic.Int64
+}
+
+// fleetSize is the number of live consume processes last counted (at least 1).
+func (l *liveness) fleetSize() int { return max(1, int(l.size.Load())) }
+
+// count counts the live owners' keys.
+func (l *liveness) count(ctx context.Context) {
+	kv, err := l.open(ctx, false)
+	if err != nil {
+		return
+	}
+	keys, err := kv.Keys(ctx)
+	if err == nil {
+		l.size.Store(int64(len(keys)))
+	}
 }
 
 type ownerAnswer struct {
@@ -67,6 +87,8 @@ func (l *liveness) acquire(ctx context.Context) {
 		// Others then see no key; they take over only claims older than the TTL, so a
 		// call that lasts longer than that is at risk (logged, not fatal).
 		l.c.log.Warn("could not register as a live owner; claims older than REFRESHER_OWNER_TTL may be taken over", "bucket", OwnersBucket, "error", err)
+	} else {
+		l.count(ctx)
 	}
 	l.stop, l.done = make(chan struct{}), make(chan struct{})
 	go l.beat(l.stop, l.done)
@@ -99,7 +121,7 @@ func (l *liveness) beat(stop, done chan struct{}) {
 	t := time.NewTicker(l.ttl / 4)
 	defer t.Stop()
 	failing := false
-	for {
+	for beat := 0; ; beat++ {
 		select {
 		case <-stop:
 			return
@@ -107,6 +129,9 @@ func (l *liveness) beat(stop, done chan struct{}) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), l.ttl/4)
 		err := l.put(ctx)
+		if err == nil && beat%4 == 0 {
+			l.count(ctx)
+		}
 		cancel()
 		switch {
 		case err != nil && !failing:

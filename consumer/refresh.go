@@ -13,6 +13,7 @@ import (
 
 	"go.opentelemetry.io/otel/codes"
 
+	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
 )
@@ -46,6 +47,12 @@ type group struct {
 	err   error // the provider's answer, when it was an error
 	// presented is the refresh token sent to the provider, in plaintext.
 	presented string
+	// permit is the group's right to call the provider (package limit), from
+	// before its claim until its call returned.
+	permit *limit.Permit
+	// wait: the provider failed in a way that paused its service or opened its
+	// circuit; the group waits for the service again rather than being retried.
+	wait bool
 }
 
 // newGroup returns a group of one job.
@@ -109,6 +116,11 @@ func (c *Consumer) refreshGroup(g *group) {
 		return
 	}
 	for round := 0; g.state != settled; round++ {
+		if g.wait {
+			// Waiting for a paused or failing provider is not a round.
+			g.wait = false
+			round--
+		}
 		if round == maxRounds {
 			g.settle(Retried, fmt.Errorf("credential %d: %w (%d rounds)", g.key.ID, ErrTooManyRounds, maxRounds))
 			return
@@ -116,6 +128,10 @@ func (c *Consumer) refreshGroup(g *group) {
 		switch g.state {
 		case undecided, lockedElsewhere:
 			g.state = undecided
+			if err := c.admit(g); err != nil {
+				g.settle(Interrupted, nil)
+				continue
+			}
 			if round == 0 {
 				if ok, err := c.fastClaim(g); ok || err != nil {
 					if err != nil {
@@ -137,6 +153,9 @@ func (c *Consumer) refreshGroup(g *group) {
 				g.state = undecided
 			}
 		case claimed:
+			if len(c.holdBack([]*group{g})) == 0 {
+				continue
+			}
 			c.callGroups([]*group{g})
 			if !c.fastCommit(g) {
 				c.commitGroups([]*group{g})
@@ -169,6 +188,7 @@ func (c *Consumer) callGroups(groups []*group) {
 				span.SetStatus(codes.Error, errOf(g.err))
 			}
 			span.End()
+			g.callDone()
 			c.stats.providerCall()
 			c.observer.ProviderCall(g.key.Service, time.Since(start), g.err)
 		}()
@@ -391,7 +411,15 @@ func (c *Consumer) afterCommit(groups []*group, verdicts map[*group]verdict) {
 			g.settleCall(nil)
 		case writeReauth:
 			g.settleCall(g.err)
-		case writeFailure, refusedWrite:
+		case writeFailure:
+			if g.wait {
+				// The provider is paused or its circuit open: wait for it (admit) with the
+				// claim dropped, instead of spending a delivery.
+				g.state, g.claim = undecided, nil
+				continue
+			}
+			g.settle(Retried, g.err)
+		case refusedWrite:
 			g.settle(Retried, g.err)
 		case goneRow:
 			c.discard(g, DiscardDeleted)

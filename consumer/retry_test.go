@@ -20,7 +20,7 @@ func TestTransientErrorsRetry(t *testing.T) {
 		ids := env.Seed("github", 3)
 		cfg := env.Config()
 		cfg.MaxDeliver = 50
-		r := env.StartConsumer(cfg)
+		r := env.StartConsumer(cfg, env.NoCircuit())
 		env.Fake.SetOutage(true)
 		if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
 			t.Fatal(err)
@@ -53,7 +53,8 @@ func TestTransientErrorsRetry(t *testing.T) {
 	})
 }
 
-// TestRateLimitedHonoursRetryAfter: a 429's Retry-After sets the redelivery delay.
+// TestRateLimitedHonoursRetryAfter: a 429's Retry-After pauses the service: the
+// request waits it out (holding its delivery) and is then refreshed.
 func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
@@ -64,7 +65,7 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 		if _, err := env.Publisher().Publish(context.Background(), "github", ids...); err != nil {
 			t.Fatal(err)
 		}
-		fleettest.Eventually(t, 10*time.Second, "the first 429", func() bool { return r.Stats().Retried >= 1 })
+		fleettest.Eventually(t, 10*time.Second, "the first 429", func() bool { return env.Fake.Stats().Unavailable >= 1 })
 		env.Fake.SetRateLimit(false, 0)
 		env.WaitIdle(30 * time.Second)
 		// The configured backoff is 50ms; only Retry-After explains a wait of 2s.
@@ -73,6 +74,9 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 		}
 		if c := env.Credential(ids[0]); c.Version != 1 {
 			t.Fatalf("not refreshed after the rate limit lifted: %+v", c)
+		}
+		if st := r.Stats(); st.Retried != 0 || st.Refreshed != 1 {
+			t.Fatalf("stats %+v: the pause should be waited out, not retried", st)
 		}
 	})
 }
@@ -85,7 +89,7 @@ func TestMaxDeliverDeadLetters(t *testing.T) {
 		ids := env.Seed("github", 2)
 		cfg := env.Config()
 		cfg.MaxDeliver = 3
-		r := env.StartConsumer(cfg)
+		r := env.StartConsumer(cfg, env.NoCircuit())
 		env.Fake.SetOutage(true)
 		if _, err := env.Publisher().Publish(context.Background(), "github", ids[0]); err != nil {
 			t.Fatal(err)

@@ -93,7 +93,7 @@ func TestNoTokenInFailurePaths(t *testing.T) {
 				m := metrics.New("github")
 				srv := httptest.NewServer(metrics.Handler(m))
 				t.Cleanup(srv.Close)
-				env.StartConsumer(cfg, consumer.WithObserver(m))
+				env.StartConsumer(cfg, consumer.WithObserver(m), env.NoCircuit())
 				if _, err := env.Publisher(publisher.WithWindow(0)).Publish(context.Background(), "github", ids...); err != nil {
 					t.Fatal(err)
 				}

@@ -275,6 +275,34 @@ func (f *Fleet) Blocked(service string) (blocked bool, wake time.Time, changed <
 	return a.blocked(time.Now())
 }
 
+// Held reports whether a call to service that has its permit should not start now
+// after all: the service was paused, or its circuit opened, since the permit was
+// granted (a probe's permit is never held).
+func (f *Fleet) Held(service string, p *Permit) bool {
+	if p.Probe() {
+		return false
+	}
+	a := f.agents[service]
+	if a == nil {
+		return false
+	}
+	now := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := &a.cur
+	if a.fallback(now) {
+		st = &a.local
+	}
+	return st.Paused(now) || st.Circuit != Closed
+}
+
+// Probing reports whether service's circuit is not closed: its requests are let
+// through one at a time.
+func (f *Fleet) Probing(service string) bool {
+	st, _ := f.Snapshot(service)
+	return st.Circuit != Closed
+}
+
 // Snapshot is service's state as this process last saw it.
 func (f *Fleet) Snapshot(service string) (State, bool) {
 	a := f.agents[service]

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/refresher/refresher/provider"
 )
@@ -26,10 +27,12 @@ func (p *Permit) Probe() bool { return p != nil && p.probe }
 
 // Done reports the call's result: nil or a refused grant are answers (a success for
 // the circuit); a 429 or 503 with Retry-After pauses the service fleet-wide; any
-// other transient error counts toward opening the circuit.
-func (p *Permit) Done(err error) {
+// other transient error counts toward opening the circuit. wait reports that the
+// failure paused the service or found (or made) its circuit open: the request should
+// wait for the service rather than spend one of its deliveries on a retry.
+func (p *Permit) Done(err error) (wait bool) {
 	if p == nil || p.a == nil {
-		return
+		return false
 	}
 	p.once.Do(func() {
 		a := p.a
@@ -38,7 +41,7 @@ func (p *Permit) Done(err error) {
 		if p.slot {
 			ev.release++
 		}
-		failed, neutral := false, false
+		failed, neutral, paused := false, false, false
 		var te *provider.TransientError
 		switch {
 		case err == nil || !errors.As(err, &te):
@@ -52,9 +55,18 @@ func (p *Permit) Done(err error) {
 			// A 503 says the provider is down: it counts toward the circuit too; a 429
 			// says it is up and counting.
 			failed = te.Status == http.StatusServiceUnavailable
-			neutral = !failed
+			neutral, paused = !failed, true
 		default:
 			failed = true
+		}
+		if failed || paused {
+			st := &a.cur
+			if p.local {
+				st = &a.local
+			}
+			th := a.s.CircuitThreshold
+			wait = paused || p.probe || st.Circuit != Closed || st.Paused(time.Now()) ||
+				(th > 0 && st.Failures+ev.failures+1 >= th)
 		}
 		switch {
 		case p.probe && neutral:
@@ -75,6 +87,7 @@ func (p *Permit) Done(err error) {
 			a.kick()
 		}
 	})
+	return wait
 }
 
 // Return gives the permit back unused: its slot, its rate token, and, for a probe,

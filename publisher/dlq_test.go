@@ -38,7 +38,7 @@ func TestDeadLetterLifecycle(t *testing.T) {
 	ids := env.Seed("github", 4)
 	cfg := env.Config()
 	cfg.MaxDeliver = 2
-	env.StartConsumer(cfg)
+	env.StartConsumer(cfg, env.NoCircuit())
 	p := env.Publisher(publisher.WithWindow(0))
 	js := env.JS()
 

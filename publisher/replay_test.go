@@ -89,7 +89,7 @@ func TestReplayRedoesOnlyUnsatisfied(t *testing.T) {
 	ids := env.Seed("github", 12)
 	cfg := env.Config()
 	cfg.MaxDeliver = 2
-	env.StartConsumer(cfg)
+	env.StartConsumer(cfg, env.NoCircuit())
 	p := env.Publisher(publisher.WithWindow(0))
 
 	// Every row refreshed once.

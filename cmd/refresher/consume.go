@@ -126,12 +126,16 @@ Unless --http is empty it serves, on that address:
 			for name := range providers {
 				names = append(names, name)
 			}
+			limits, err := config.LoadLimits(names)
+			if err != nil {
+				return err
+			}
 			m := metrics.New(names...)
 			m.WatchNATS(nc)
 			m.WatchDB(db.DB)
 			c, err := consumer.New(db, nc, providers, cfg,
 				consumer.WithLogger(e.log), consumer.WithStreamConfig(streams), consumer.WithObserver(m),
-				consumer.WithKeyring(keyring))
+				consumer.WithKeyring(keyring), consumer.WithLimits(limits))
 			if err != nil {
 				return &config.Error{Err: err}
 			}

@@ -87,7 +87,7 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	ids := env.Seed("github", 3)
 	cfg := env.Config()
 	cfg.MaxDeliver = 2
-	env.StartConsumer(cfg)
+	env.StartConsumer(cfg, env.NoCircuit())
 	p := env.Publisher(publisher.WithWindow(0))
 	js := env.JS()
 
@@ -234,7 +234,7 @@ func TestDLQReplaySkipsUnconfiguredServices(t *testing.T) {
 	ids := env.Seed("github", 2)
 	cfg := env.Config()
 	cfg.MaxDeliver = 2
-	env.StartConsumer(cfg)
+	env.StartConsumer(cfg, env.NoCircuit())
 	env.Fake.SetOutage(true) // dead-letters the github requests too
 	js := env.JS()
 	for _, subj := range []string{"refresh.bogus.5", "refresh.bogus.6", fmt.Sprintf("refresh.github.%d", ids[0]), fmt.Sprintf("refresh.github.%d", ids[1])} {

@@ -12,6 +12,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 
 	"github.com/refresher/refresher/consumer"
+	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
 	"github.com/refresher/refresher/publisher"
@@ -53,6 +54,50 @@ type Service struct {
 	// ReuseInterval is declared, not discovered: consume compares it with its crash
 	// recovery time and warns when a crash would outlast it.
 	ReuseInterval time.Duration `envconfig:"REUSE_INTERVAL" default:"0s" desc:"how long the provider still accepts a refresh token it has just replaced (Okta 30s, Auth0 0 unless set); consume warns when its crash recovery time is longer"`
+	// The provider's limits, shared by the whole fleet (package limit).
+	Rate             string        `envconfig:"RATE" desc:"the fleet's calls to this provider per second, minute or hour, like 600/m or 20/s; empty: no rate limit"`
+	Burst            int           `envconfig:"BURST" default:"0" desc:"calls that may start at once on top of RATE's pace; 0: a tenth of a second's worth, at least 1"`
+	MaxInFlight      int           `envconfig:"MAX_IN_FLIGHT" default:"0" desc:"calls to this provider in flight at once across the fleet; 0: no cap"`
+	CircuitThreshold int           `envconfig:"CIRCUIT_THRESHOLD" default:"5" desc:"transient failures in a row (5xx, timeouts, refused connections) after which no call starts and requests wait in the stream; 0: never"`
+	ProbeInterval    time.Duration `envconfig:"PROBE_INTERVAL" default:"5s" desc:"wait before an open circuit's first probe (one call); doubles with every failed probe"`
+	ProbeMax         time.Duration `envconfig:"PROBE_MAX" default:"2m" desc:"longest wait between probes of an open circuit"`
+}
+
+// Limits are the service's provider limits as package limit takes them.
+func (s Service) Limits(prefix string) (limit.Limits, error) {
+	r, err := limit.ParseRate(s.Rate)
+	if err != nil {
+		return limit.Limits{}, Errorf("%s_RATE=%q: %w", prefix, s.Rate, err)
+	}
+	if s.Burst < 0 {
+		return limit.Limits{}, Errorf("%s_BURST=%d: want 0 (default) or more", prefix, s.Burst)
+	}
+	if s.Burst > 0 {
+		if r.IsZero() {
+			return limit.Limits{}, Errorf("%s_BURST=%d: set %s_RATE too; a burst is on top of a rate", prefix, s.Burst, prefix)
+		}
+		r.Burst = s.Burst
+	}
+	l := limit.Limits{Rate: r, MaxInFlight: s.MaxInFlight, CircuitThreshold: s.CircuitThreshold, ProbeInterval: s.ProbeInterval, ProbeMax: s.ProbeMax}
+	if err := l.Validate(prefix); err != nil {
+		return l, &Error{Err: err}
+	}
+	return l, nil
+}
+
+// LoadLimits reads the provider limits of each service.
+func LoadLimits(names []string) (map[string]limit.Limits, error) {
+	out := make(map[string]limit.Limits, len(names))
+	for _, name := range names {
+		svc, err := LoadService(name)
+		if err != nil {
+			return nil, err
+		}
+		if out[name], err = svc.Limits(ServicePrefix(name)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // Publish configures `refresher publish`; flags override it.

@@ -25,6 +25,7 @@ import (
 	"github.com/refresher/refresher/internal/pgtest"
 	"github.com/refresher/refresher/internal/seed"
 	"github.com/refresher/refresher/internal/verify"
+	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
 	"github.com/refresher/refresher/provider/fake"
@@ -256,6 +257,17 @@ func (e *Env) StartConsumer(cfg consumer.Config, opts ...consumer.Option) *Runni
 		e.t.Fatal("consumer did not bind within 30s")
 	}
 	return r
+}
+
+// NoCircuit is the consumer option for tests of the retry and dead-letter path: the
+// Env's services without a circuit breaker, so a provider that keeps failing walks
+// requests through MaxDeliver into REFRESH_DLQ instead of leaving them in the stream.
+func (e *Env) NoCircuit() consumer.Option {
+	l := map[string]limit.Limits{}
+	for _, s := range e.Services {
+		l[s] = limit.Limits{}
+	}
+	return consumer.WithLimits(l)
 }
 
 // Seed inserts n credentials for service and returns their ids in order.

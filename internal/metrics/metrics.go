@@ -87,6 +87,7 @@ type Metrics struct {
 	natsConns  []*nats.Conn
 	reconnects prometheus.CounterFunc
 	periods    *prometheus.CounterVec // NewSchedule's
+	limits     *limitMetrics
 }
 
 var _ consumer.Observer = (*Metrics)(nil)
@@ -148,6 +149,7 @@ func New(services ...string) *Metrics {
 			m.messages.WithLabelValues(s, string(o))
 		}
 	}
+	m.limits = newLimitMetrics(m.reg, services)
 	m.messages.WithLabelValues(UnknownService, string(consumer.Malformed))
 	for _, s := range services {
 		for _, r := range []string{consumer.DiscardGrantReplaced, consumer.DiscardClaimLost, consumer.DiscardDeleted} {

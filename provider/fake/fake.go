@@ -116,6 +116,26 @@ type Provider struct {
 	mu       sync.Mutex
 	lineages map[string]*lineageState
 	stats    Stats
+	calls    []Call
+	// faults are per service: the first path segment of /<service>/token.
+	faults map[string]*serviceFault
+}
+
+// Call is one token request as the provider saw it: when it arrived and when its
+// answer was written, so tests can check rates and concurrency as a provider would.
+type Call struct {
+	// Service is the first segment of the request's path (/<service>/token), "" for
+	// /token.
+	Service    string
+	Start, End time.Time
+	Status     int
+}
+
+// serviceFault is a fault injected for one service's token path.
+type serviceFault struct {
+	outage        bool
+	rateLimitNext int           // answer this many more requests with 429
+	retryAfter    time.Duration // their Retry-After
 }
 
 // lineageState is everything the provider remembers about one credential.
@@ -296,6 +316,18 @@ func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	p.stats.Calls++
 	p.mu.Unlock()
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	w = rec
+	call := Call{Service: serviceOf(r.URL.Path), Start: p.now()}
+	defer func() {
+		call.End, call.Status = p.now(), rec.status
+		p.mu.Lock()
+		p.calls = append(p.calls, call)
+		p.mu.Unlock()
+	}()
+	if p.serviceFault(w, call.Service) {
+		return
+	}
 
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
@@ -363,6 +395,91 @@ func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.refresh(w, pt, presented)
+}
+
+// Calls returns every token request so far, in the order their answers were written.
+func (p *Provider) Calls() []Call {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.calls)
+}
+
+// SetServiceOutage makes /<service>/token answer 503 (no Retry-After) while on,
+// leaving the other services' paths alone.
+func (p *Provider) SetServiceOutage(service string, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fault(service).outage = on
+}
+
+// RateLimitNext answers the next n requests to /<service>/token with 429 and
+// Retry-After (whole seconds, rounded up).
+func (p *Provider) RateLimitNext(service string, n int, retryAfter time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f := p.fault(service)
+	f.rateLimitNext, f.retryAfter = n, retryAfter
+}
+
+// fault returns service's fault, created empty. p.mu is held.
+func (p *Provider) fault(service string) *serviceFault {
+	if p.faults == nil {
+		p.faults = map[string]*serviceFault{}
+	}
+	f := p.faults[service]
+	if f == nil {
+		f = &serviceFault{}
+		p.faults[service] = f
+	}
+	return f
+}
+
+// serviceFault answers with service's injected fault, if any, and reports whether it
+// did.
+func (p *Provider) serviceFault(w http.ResponseWriter, service string) bool {
+	p.mu.Lock()
+	f := p.faults[service]
+	var outage, limited bool
+	var retryAfter time.Duration
+	if f != nil {
+		outage = f.outage
+		if !outage && f.rateLimitNext > 0 {
+			f.rateLimitNext--
+			limited, retryAfter = true, f.retryAfter
+		}
+	}
+	if outage || limited {
+		p.stats.Unavailable++
+	}
+	p.mu.Unlock()
+	switch {
+	case outage:
+		writeJSON(w, http.StatusServiceUnavailable, errorResponse{Error: "temporarily_unavailable", Description: "outage of " + service})
+	case limited:
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(retryAfter.Seconds())), 10))
+		writeJSON(w, http.StatusTooManyRequests, errorResponse{Error: "temporarily_unavailable", Description: "rate limited"})
+	}
+	return outage || limited
+}
+
+// serviceOf is the first segment of /<service>/token ("" for /token).
+func serviceOf(path string) string {
+	rest, ok := strings.CutSuffix(strings.TrimPrefix(path, "/"), "/token")
+	if !ok || strings.Contains(rest, "/") {
+		return ""
+	}
+	return rest
+}
+
+// statusRecorder remembers the status written.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
 }
 
 // injectFault answers the request with a configured fault, if any, and reports
