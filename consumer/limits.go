@@ -107,14 +107,32 @@ func (c *Consumer) admitWithin(g *group, d time.Duration) error {
 	return nil
 }
 
-// holdBack drops the claims of claimed groups whose service was paused or whose
-// circuit opened between their permit and their call, and sends them back to wait
-// for it: a call must not start once the provider has asked for quiet. It returns
-// the groups still to be called.
+// holdBack takes the rate tokens of claimed groups about to be called (limit's
+// Pace: the rate is kept when calls start), and sends back the groups whose service
+// was paused or whose circuit opened since their permit, or whose token did not come
+// while their claim had room for the call: their claims are dropped and they wait
+// for the service again, holding nothing. It returns the groups to call.
 func (c *Consumer) holdBack(groups []*group) []*group {
+	fleet := c.limitFleet()
+	held := make([]bool, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		if g.permit == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// The call and the commit must still fit in the claim once the token came.
+			ctx, cancel := context.WithDeadline(context.Background(), g.claim.deadline.Add(-c.cfg.ProviderTimeout-c.cfg.LockTimeout))
+			defer cancel()
+			held[i] = fleet.Pace(ctx, g.permit) != nil
+		}()
+	}
+	wg.Wait()
 	var call, back []*group
-	for _, g := range groups {
-		if g.permit != nil && c.limitFleet().Held(g.key.Service, g.permit) {
+	for i, g := range groups {
+		if held[i] {
 			back = append(back, g)
 		} else {
 			call = append(call, g)

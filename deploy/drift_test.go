@@ -61,7 +61,7 @@ func TestDriftIsCaught(t *testing.T) {
 		{name: "probes on loopback", file: "k8s/consume-deployment.yaml",
 			old: "value: 0.0.0.0:9090", new: "value: 127.0.0.1:9090", want: "probes and scrapes cannot reach it"},
 		{name: "KEDA watching the wrong consumer", file: "k8s/consume-scaledobject.yaml",
-			old: "consumer: refresher", new: "consumer: refresh", want: `consumer "refresh", refresher's durable is "refresher"`},
+			old: "consumer: refresher-github", new: "consumer: refresher", want: `consumer "refresher", refresher's durables are "refresher-<service>"`},
 		{name: "PDB selecting nothing", file: "k8s/consume-pdb.yaml",
 			old: "      app.kubernetes.io/component: consume", new: "      app.kubernetes.io/component: consumer", want: "selects no consume pod"},
 		{name: "scheduler without --every restarts in a loop", file: "k8s/scheduler.yaml",

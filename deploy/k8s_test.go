@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/refresher/refresher/consumer"
+	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 )
 
@@ -280,8 +281,8 @@ func checkScaledObject(d document, consumes []workload, scaled map[string]bool) 
 		if s := getString(md, "stream"); s != publisher.Stream {
 			bad("nats-jetstream trigger: stream %q, refresher's is %q", s, publisher.Stream)
 		}
-		if c := getString(md, "consumer"); c != consumer.Durable {
-			bad("nats-jetstream trigger: consumer %q, refresher's durable is %q", c, consumer.Durable)
+		if c := getString(md, "consumer"); !strings.HasPrefix(c, consumer.Durable+"-") || model.ValidateService(strings.TrimPrefix(c, consumer.Durable+"-")) != nil {
+			bad("nats-jetstream trigger: consumer %q, refresher's durables are %q", c, consumer.ServiceDurable("<service>"))
 		}
 		if getString(md, "account") == "" {
 			bad(`nats-jetstream trigger: no account ("$G" without NATS accounts)`)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -11,6 +12,10 @@ import (
 )
 
 type waiter struct{ ch chan *Permit }
+
+// tokenWaiter is a call about to start, waiting for a rate token; it gets nil, or
+// ErrHeld when the service is paused or its circuit opens meanwhile.
+type tokenWaiter struct{ ch chan error }
 
 // agent is this process's side of one service's shared state: it writes what this
 // process has to report, hands out the permits the state allows, and follows what
@@ -27,7 +32,12 @@ type agent struct {
 	rev     uint64
 	pending events
 	waiters []*waiter
-	changed chan struct{} // closed and replaced when cur changes
+	tokens  []*tokenWaiter
+	// admitted counts this process's permits of a rate-limited service that have not
+	// taken their token yet: they hold claims, so their number is kept to about a
+	// second of the process's share of the rate.
+	admitted int
+	changed  chan struct{} // closed and replaced when cur changes
 
 	// While the bucket cannot be reached the process limits itself to its share, in
 	// a state of its own.
@@ -118,12 +128,12 @@ func (a *agent) step(ctx context.Context) time.Time {
 			}
 		}
 		a.mu.Lock()
-		ev, want := a.pending, len(a.waiters)
+		ev, want, tokens := a.pending, a.wanted(), len(a.tokens)
 		a.pending = events{}
 		cur, rev := a.cur.clone(), a.rev
 		a.mu.Unlock()
 
-		p := makePlan(cur, ev, want, now, a.s)
+		p := makePlan(cur, ev, want, tokens, now, a.s)
 		if p.next.equal(&cur) {
 			a.mu.Lock()
 			a.handOut(p, false)
@@ -176,7 +186,7 @@ func (a *agent) stepLocal(now time.Time) time.Time {
 	s := a.s
 	s.Limits = s.Limits.share(a.f.fleetShare())
 	s.lease = 24 * time.Hour
-	p := makePlan(a.local, a.localPending, len(a.waiters), now, s)
+	p := makePlan(a.local, a.localPending, a.wanted(), len(a.tokens), now, s)
 	a.local, a.localPending = p.next, events{}
 	a.handOut(p, true)
 	wake := p.wake
@@ -186,11 +196,28 @@ func (a *agent) stepLocal(now time.Time) time.Time {
 	return wake
 }
 
-// handOut gives p's permits to the longest waiting; a permit nobody waits for any
-// more goes back at once. a.mu is held.
+// wanted is how many permits to ask for: every waiter, or for a rate-limited
+// service as many as keep the admitted ones within about a second of this
+// process's share of the rate. a.mu is held.
+func (a *agent) wanted() int {
+	want := len(a.waiters)
+	if a.s.Rate.IsZero() {
+		return want
+	}
+	share := float64(a.f.fleetShare())
+	limit := max(1, int(math.Ceil((a.s.Rate.PerSecond()+float64(a.s.Rate.Burst))/share)))
+	return min(want, max(limit-a.admitted, 0))
+}
+
+// handOut gives p's permits and tokens to the longest waiting; a permit nobody
+// waits for any more goes back at once. a.mu is held.
 func (a *agent) handOut(p plan, local bool) {
 	for i := range p.granted {
-		pm := &Permit{a: a, local: local, probe: p.probe && i == 0, slot: a.s.MaxInFlight > 0, token: !a.s.Rate.IsZero()}
+		pm := &Permit{a: a, local: local, probe: p.probe && i == 0, slot: a.s.MaxInFlight > 0, rated: !a.s.Rate.IsZero()}
+		if pm.rated && !pm.probe {
+			pm.admitted = true
+			a.admitted++
+		}
 		if len(a.waiters) == 0 {
 			pm.giveBack(a.eventsFor(local))
 			a.kick()
@@ -199,6 +226,21 @@ func (a *agent) handOut(p plan, local bool) {
 		w := a.waiters[0]
 		a.waiters = a.waiters[1:]
 		w.ch <- pm
+	}
+	for range p.tokens {
+		if len(a.tokens) == 0 {
+			a.eventsFor(local).refund++
+			a.kick()
+			continue
+		}
+		a.tokens[0].ch <- nil
+		a.tokens = a.tokens[1:]
+	}
+	if p.held {
+		for _, w := range a.tokens {
+			w.ch <- ErrHeld
+		}
+		a.tokens = nil
 	}
 }
 

@@ -67,6 +67,9 @@ func TestFleetRateAcrossProcesses(t *testing.T) {
 				defer wg.Done()
 				for next.Add(1) <= calls {
 					p, err := f.Acquire(context.Background(), "svc")
+					if err == nil {
+						err = f.Pace(context.Background(), p)
+					}
 					if err != nil {
 						t.Error(err)
 						return
@@ -262,6 +265,9 @@ func TestFleetFallsBackToShare(t *testing.T) {
 	for range 12 {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		p, err := f.Acquire(ctx, "svc")
+		if err == nil {
+			err = f.Pace(ctx, p)
+		}
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
 			t.Fatal("no permit while the bucket is unreachable")

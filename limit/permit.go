@@ -12,14 +12,82 @@ import (
 )
 
 // Permit is the right to make one provider call. It ends with Done once the call
-// returned, or Return if no call was made.
+// returned, or Return if no call was made. For a rate-limited service the call also
+// takes a token (Fleet.Pace) just before it starts.
 type Permit struct {
 	a     *agent
 	local bool // granted from this process's share while the bucket was unreachable
 	probe bool // the open circuit's one probing call
 	slot  bool // holds one of MaxInFlight
-	token bool // took one of Rate's tokens
-	once  sync.Once
+	rated bool // the service has a rate: Pace takes a token
+	// admitted: counted in agent.admitted until the token is taken or the permit ends.
+	admitted bool
+	token    bool // took one of Rate's tokens (given back by Return)
+	once     sync.Once
+}
+
+// ErrHeld means a call about to start must not: the service was paused, or its
+// circuit opened, after the permit was granted. The request waits for the service
+// again (Acquire).
+var ErrHeld = errors.New("provider paused or failing: call held back")
+
+// Pace takes the rate token of a call about to start, waiting for it: the rate is
+// kept at the moment calls start, not when their permits were granted, so the
+// variable time in between (the claim) cannot bunch calls at the provider. It
+// returns ErrHeld if the service is paused or its circuit open (or opening
+// meanwhile), ctx's error if ctx ends first. A probe needs no token.
+func (f *Fleet) Pace(ctx context.Context, p *Permit) error {
+	if p == nil || p.a == nil || p.probe {
+		return nil
+	}
+	if f.Held(p.a.name, p) {
+		return ErrHeld
+	}
+	if !p.rated || p.token {
+		return nil
+	}
+	a := p.a
+	w := &tokenWaiter{ch: make(chan error, 1)}
+	a.mu.Lock()
+	a.tokens = append(a.tokens, w)
+	a.mu.Unlock()
+	a.kick()
+	select {
+	case err := <-w.ch:
+		if err == nil {
+			a.mu.Lock()
+			p.token = true
+			p.unadmit()
+			a.mu.Unlock()
+			a.kick()
+		}
+		return err
+	case <-ctx.Done():
+		a.mu.Lock()
+		for i, x := range a.tokens {
+			if x == w {
+				a.tokens = append(a.tokens[:i], a.tokens[i+1:]...)
+				break
+			}
+		}
+		select {
+		case err := <-w.ch:
+			if err == nil {
+				p.token = true // granted meanwhile: Return gives it back
+			}
+		default:
+		}
+		a.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// unadmit ends the permit's place among the admitted. a.mu is held.
+func (p *Permit) unadmit() {
+	if p.admitted {
+		p.admitted = false
+		p.a.admitted--
+	}
 }
 
 // Probe reports whether the call is the probe of an open circuit.
@@ -41,6 +109,7 @@ func (p *Permit) Done(err error) (wait bool) {
 		if p.slot {
 			ev.release++
 		}
+		p.unadmit()
 		failed, neutral, paused := false, false, false
 		var te *provider.TransientError
 		switch {
@@ -81,11 +150,8 @@ func (p *Permit) Done(err error) (wait bool) {
 			ev.successes++
 			ev.failures = 0
 		}
-		write := !ev.empty()
 		a.mu.Unlock()
-		if write {
-			a.kick()
-		}
+		a.kick()
 	})
 	return wait
 }
@@ -98,6 +164,7 @@ func (p *Permit) Return() {
 	}
 	p.once.Do(func() {
 		p.a.mu.Lock()
+		p.unadmit()
 		p.giveBack(p.a.eventsFor(p.local))
 		p.a.mu.Unlock()
 		p.a.kick()

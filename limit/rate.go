@@ -61,6 +61,13 @@ func (r Rate) DefaultBurst() int {
 	return max(1, int(math.Ceil(r.PerSecond()/10)))
 }
 
+// sendBurst is the burst refresher itself uses: half of Burst (at least one call),
+// which lets a process that takes its token a little late catch up on the pace. The
+// other half is the margin the provider's own count may see on top of the pace:
+// calls start a little after their tokens (scheduling, the network), and calls
+// delayed that way arrive together with calls on time.
+func (r Rate) sendBurst() int { return max(1, (r.Burst+1)/2) }
+
 // IsZero reports whether r is no limit.
 func (r Rate) IsZero() bool { return r.N == 0 }
 

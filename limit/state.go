@@ -129,8 +129,10 @@ const (
 // probe) and when to look again if some waiters are left.
 type plan struct {
 	next    State
-	granted int
+	granted int // permits (slots)
 	probe   bool
+	tokens  int  // rate tokens, for calls about to start
+	held    bool // token waiters must go back: the service is paused or failing
 	wake    time.Time // zero: only a change of the state can help
 }
 
@@ -142,8 +144,8 @@ type settings struct {
 	probeTimeout time.Duration
 }
 
-// makePlan applies ev and up to want grants to cur at now.
-func makePlan(cur State, ev events, want int, now time.Time, s settings) plan {
+// makePlan applies ev, up to want permits and up to tokens rate tokens to cur at now.
+func makePlan(cur State, ev events, want, tokens int, now time.Time, s settings) plan {
 	st := cur.clone()
 	ns := now.UnixNano()
 	for o, sl := range st.Slots {
@@ -183,6 +185,9 @@ func makePlan(cur State, ev events, want int, now time.Time, s settings) plan {
 	p := plan{}
 	if want > 0 {
 		p = st.grant(want, now, s, &mine)
+	}
+	if tokens > 0 {
+		st.pace(tokens, now, s, &p)
 	}
 	if s.MaxInFlight > 0 {
 		if mine.N > 0 {
@@ -256,21 +261,6 @@ func (st *State) grant(want int, now time.Time, s settings, mine *Slot) plan {
 			}
 		}
 	}
-	if !s.Rate.IsZero() {
-		iv := int64(s.Rate.interval())
-		tat := max(st.TAT, ns)
-		avail := int((int64(s.Rate.Burst)*iv - (tat - ns)) / iv)
-		if avail < k {
-			k = max(avail, 0)
-			at := time.Unix(0, tat+iv-int64(s.Rate.Burst)*iv)
-			if p.wake.IsZero() || at.Before(p.wake) {
-				p.wake = at
-			}
-		}
-		if k > 0 {
-			st.TAT = tat + int64(k)*iv
-		}
-	}
 	if k == 0 {
 		p.probe = false
 		return p
@@ -282,6 +272,31 @@ func (st *State) grant(want int, now time.Time, s settings, mine *Slot) plan {
 		st.ProbeUntil = now.Add(s.probeTimeout).UnixNano()
 	}
 	return p
+}
+
+// pace takes up to want rate tokens for calls about to start: the rate is kept at
+// the moment of the call, so the variable time between a permit and its call (the
+// claim) cannot bunch calls at the provider.
+func (st *State) pace(want int, now time.Time, s settings, p *plan) {
+	ns := now.UnixNano()
+	if st.PausedUntil > ns || st.Circuit != Closed {
+		p.held = true
+		return
+	}
+	iv := int64(s.Rate.interval())
+	burst := int64(s.Rate.sendBurst())
+	tat := max(st.TAT, ns)
+	k := min(want, max(int((burst*iv-(tat-ns))/iv), 0))
+	if k < want {
+		at := time.Unix(0, tat+int64(k)*iv+iv-burst*iv)
+		if p.wake.IsZero() || at.Before(p.wake) {
+			p.wake = at
+		}
+	}
+	if k > 0 {
+		st.TAT = tat + int64(k)*iv
+	}
+	p.tokens = k
 }
 
 // MaxPause bounds a Retry-After: a header of days must not stop a service past what

@@ -86,9 +86,9 @@ func TestRateWindow(t *testing.T) {
 	var grants []time.Time
 	now := t0
 	for now.Before(t0.Add(10 * time.Second)) {
-		p := makePlan(st, events{}, 3, now, s)
+		p := makePlan(st, events{}, 0, 3, now, s)
 		st = p.next
-		for range p.granted {
+		for range p.tokens {
 			grants = append(grants, now)
 		}
 		now = now.Add(time.Millisecond)
@@ -110,27 +110,30 @@ func TestRateWindow(t *testing.T) {
 func TestRefundGivesTokenBack(t *testing.T) {
 	r, _ := ParseRate("1/s")
 	s := set(Limits{Rate: r}, "a")
-	p := makePlan(State{}, events{}, 1, t0, s)
-	if p.granted != 1 {
-		t.Fatalf("granted %d", p.granted)
+	p := makePlan(State{}, events{}, 0, 1, t0, s)
+	if p.tokens != 1 {
+		t.Fatalf("tokens %d", p.tokens)
 	}
-	if q := makePlan(p.next, events{}, 1, t0, s); q.granted != 0 || !q.wake.Equal(t0.Add(time.Second)) {
-		t.Fatalf("second grant: %d, wake %v; want 0 until t0+1s", q.granted, q.wake.Sub(t0))
+	if q := makePlan(p.next, events{}, 0, 1, t0, s); q.tokens != 0 || !q.wake.Equal(t0.Add(time.Second)) {
+		t.Fatalf("second token: %d, wake %v; want 0 until t0+1s", q.tokens, q.wake.Sub(t0))
 	}
-	q := makePlan(p.next, events{refund: 1}, 1, t0, s)
-	if q.granted != 1 {
-		t.Fatalf("after a refund: granted %d, want 1", q.granted)
+	q := makePlan(p.next, events{refund: 1}, 0, 1, t0, s)
+	if q.tokens != 1 {
+		t.Fatalf("after a refund: tokens %d, want 1", q.tokens)
+	}
+	if h := makePlan(State{PausedUntil: t0.Add(time.Second).UnixNano()}, events{}, 0, 1, t0, s); !h.held || h.tokens != 0 {
+		t.Fatal("a token was taken during a pause")
 	}
 }
 
 func TestMaxInFlightAcrossOwners(t *testing.T) {
 	l := Limits{MaxInFlight: 4}
 	a, b := set(l, "a"), set(l, "b")
-	p := makePlan(State{}, events{}, 3, t0, a)
+	p := makePlan(State{}, events{}, 3, 0, t0, a)
 	if p.granted != 3 {
 		t.Fatalf("a granted %d", p.granted)
 	}
-	q := makePlan(p.next, events{}, 3, t0, b)
+	q := makePlan(p.next, events{}, 3, 0, t0, b)
 	if q.granted != 1 {
 		t.Fatalf("b granted %d, want 1", q.granted)
 	}
@@ -138,15 +141,15 @@ func TestMaxInFlightAcrossOwners(t *testing.T) {
 		t.Fatalf("in flight %d", got)
 	}
 	// a releases two: b gets them.
-	r := makePlan(q.next, events{release: 2}, 0, t0, a)
-	s := makePlan(r.next, events{}, 5, t0, b)
+	r := makePlan(q.next, events{release: 2}, 0, 0, t0, a)
+	s := makePlan(r.next, events{}, 5, 0, t0, b)
 	if s.granted != 2 {
 		t.Fatalf("b granted %d after a's release, want 2", s.granted)
 	}
 	// a dies holding one: when its lease runs out that slot comes back, while b's
 	// own three still count although b renews late.
 	late := t0.Add(5*time.Second + time.Nanosecond)
-	u := makePlan(s.next, events{}, 5, late, b)
+	u := makePlan(s.next, events{}, 5, 0, late, b)
 	if u.granted != 1 || u.next.InFlight(late) != 4 {
 		t.Fatalf("b granted %d (in flight %d) after a's lease ran out, want 1 (4)", u.granted, u.next.InFlight(late))
 	}
@@ -154,12 +157,12 @@ func TestMaxInFlightAcrossOwners(t *testing.T) {
 
 func TestDeadOwnerSlotsComeBack(t *testing.T) {
 	l := Limits{MaxInFlight: 2}
-	p := makePlan(State{}, events{}, 2, t0, set(l, "dead"))
-	q := makePlan(p.next, events{}, 1, t0.Add(time.Second), set(l, "alive"))
+	p := makePlan(State{}, events{}, 2, 0, t0, set(l, "dead"))
+	q := makePlan(p.next, events{}, 1, 0, t0.Add(time.Second), set(l, "alive"))
 	if q.granted != 0 || !q.wake.Equal(t0.Add(5*time.Second)) {
 		t.Fatalf("granted %d, wake %v; want 0 until the lease ends", q.granted, q.wake.Sub(t0))
 	}
-	r := makePlan(q.next, events{}, 2, t0.Add(5*time.Second), set(l, "alive"))
+	r := makePlan(q.next, events{}, 2, 0, t0.Add(5*time.Second), set(l, "alive"))
 	if r.granted != 2 {
 		t.Fatalf("after the lease: granted %d, want 2", r.granted)
 	}
@@ -170,19 +173,19 @@ func TestDeadOwnerSlotsComeBack(t *testing.T) {
 
 func TestPause(t *testing.T) {
 	s := set(Limits{}, "a")
-	p := makePlan(State{}, events{pause: 5 * time.Second, reason: "429"}, 1, t0, s)
+	p := makePlan(State{}, events{pause: 5 * time.Second, reason: "429"}, 1, 0, t0, s)
 	if p.granted != 0 || !p.wake.Equal(t0.Add(5*time.Second)) {
 		t.Fatalf("granted %d wake %v during a pause", p.granted, p.wake.Sub(t0))
 	}
 	// A shorter Retry-After does not shorten it; a longer one lengthens it.
-	q := makePlan(p.next, events{pause: time.Second}, 0, t0, s)
+	q := makePlan(p.next, events{pause: time.Second}, 0, 0, t0, s)
 	if q.next.PausedUntil != p.next.PausedUntil {
 		t.Fatal("a shorter Retry-After shortened the pause")
 	}
-	if r := makePlan(p.next, events{pause: 99 * time.Hour}, 0, t0, s); r.next.PausedUntil != t0.Add(MaxPause).UnixNano() {
+	if r := makePlan(p.next, events{pause: 99 * time.Hour}, 0, 0, t0, s); r.next.PausedUntil != t0.Add(MaxPause).UnixNano() {
 		t.Fatalf("pause of 99h: until %v, want capped at %v", time.Unix(0, r.next.PausedUntil).Sub(t0), MaxPause)
 	}
-	after := makePlan(p.next, events{}, 1, t0.Add(5*time.Second), s)
+	after := makePlan(p.next, events{}, 1, 0, t0.Add(5*time.Second), s)
 	if after.granted != 1 || after.next.PausedUntil != 0 {
 		t.Fatalf("after the pause: granted %d, paused until %d", after.granted, after.next.PausedUntil)
 	}
@@ -191,56 +194,56 @@ func TestPause(t *testing.T) {
 func TestCircuit(t *testing.T) {
 	l := Limits{CircuitThreshold: 3, ProbeInterval: time.Second, ProbeMax: 4 * time.Second}
 	a, b := set(l, "a"), set(l, "b")
-	st := makePlan(State{}, events{failures: 2}, 0, t0, a).next
-	st = makePlan(st, events{successes: 1}, 0, t0, b).next
+	st := makePlan(State{}, events{failures: 2}, 0, 0, t0, a).next
+	st = makePlan(st, events{successes: 1}, 0, 0, t0, b).next
 	if st.Failures != 0 {
 		t.Fatalf("a success did not end the run: %d", st.Failures)
 	}
-	st = makePlan(st, events{failures: 2}, 0, t0, a).next
-	st = makePlan(st, events{failures: 1}, 0, t0, b).next
+	st = makePlan(st, events{failures: 2}, 0, 0, t0, a).next
+	st = makePlan(st, events{failures: 1}, 0, 0, t0, b).next
 	if st.Circuit != Open || !time.Unix(0, st.NextProbe).Equal(t0.Add(time.Second)) {
 		t.Fatalf("after 3 failures: %s, next probe %v", st.Circuit, time.Unix(0, st.NextProbe).Sub(t0))
 	}
-	if p := makePlan(st, events{}, 5, t0.Add(500*time.Millisecond), a); p.granted != 0 {
+	if p := makePlan(st, events{}, 5, 0, t0.Add(500*time.Millisecond), a); p.granted != 0 {
 		t.Fatal("granted while open")
 	}
 	// The probe: one call, to one process.
-	p := makePlan(st, events{}, 5, t0.Add(time.Second), a)
+	p := makePlan(st, events{}, 5, 0, t0.Add(time.Second), a)
 	if p.granted != 1 || !p.probe || p.next.Circuit != HalfOpen || p.next.ProbeOwner != "a" {
 		t.Fatalf("probe: granted %d probe %v circuit %s owner %q", p.granted, p.probe, p.next.Circuit, p.next.ProbeOwner)
 	}
-	if q := makePlan(p.next, events{}, 5, t0.Add(time.Second), b); q.granted != 0 {
+	if q := makePlan(p.next, events{}, 5, 0, t0.Add(time.Second), b); q.granted != 0 {
 		t.Fatal("b granted during a's probe")
 	}
 	// Failed probes grow the interval up to the maximum.
 	st = p.next
 	now := t0.Add(time.Second)
 	for i, want := range []time.Duration{2 * time.Second, 4 * time.Second, 4 * time.Second} {
-		st = makePlan(st, events{probe: probeFailed}, 0, now, a).next
+		st = makePlan(st, events{probe: probeFailed}, 0, 0, now, a).next
 		if st.Circuit != Open || time.Unix(0, st.NextProbe).Sub(now) != want {
 			t.Fatalf("failed probe %d: %s, next in %v, want %v", i+1, st.Circuit, time.Unix(0, st.NextProbe).Sub(now), want)
 		}
 		now = time.Unix(0, st.NextProbe)
-		pp := makePlan(st, events{}, 1, now, a)
+		pp := makePlan(st, events{}, 1, 0, now, a)
 		if !pp.probe {
 			t.Fatalf("no probe at %v", now.Sub(t0))
 		}
 		st = pp.next
 	}
 	// A returned probe lets another process probe at once; a successful one closes.
-	st = makePlan(st, events{probe: probeReturned}, 0, now, a).next
-	pb := makePlan(st, events{}, 1, now, b)
+	st = makePlan(st, events{probe: probeReturned}, 0, 0, now, a).next
+	pb := makePlan(st, events{}, 1, 0, now, b)
 	if !pb.probe || pb.next.ProbeOwner != "b" {
 		t.Fatal("b could not probe after a returned its probe")
 	}
-	st = makePlan(pb.next, events{probe: probeSucceeded}, 3, now, b).next
+	st = makePlan(pb.next, events{probe: probeSucceeded}, 3, 0, now, b).next
 	if st.Circuit != Closed || st.Failures != 0 {
 		t.Fatalf("after a good probe: %s, %d failures", st.Circuit, st.Failures)
 	}
 	// A probe holder that dies: past ProbeUntil another may probe.
-	st = makePlan(State{}, events{failures: 3}, 0, t0, a).next
-	st = makePlan(st, events{}, 1, t0.Add(time.Second), a).next
-	if p := makePlan(st, events{}, 1, t0.Add(time.Second+s10), b); !p.probe {
+	st = makePlan(State{}, events{failures: 3}, 0, 0, t0, a).next
+	st = makePlan(st, events{}, 1, 0, t0.Add(time.Second), a).next
+	if p := makePlan(st, events{}, 1, 0, t0.Add(time.Second+s10), b); !p.probe {
 		t.Fatal("nobody may probe after the probing process died")
 	}
 }

@@ -128,17 +128,19 @@ func printStatus(w io.Writer, rep status.Report, window time.Duration) error {
 	}
 	p("\n")
 
-	c := rep.Consumer
 	p("CONSUMER\tPENDING\tACK PENDING\tREDELIVERED\tWAITING PULLS\tLAST DELIVERED\tLAST ACKED\n")
-	if c.Exists {
-		// Ages only: the report's time is in its first line, and two full timestamps
-		// would take the row past 100 columns.
-		p("%s/%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.Stream, c.Name, c.Pending, c.AckPending, c.Redelivered, c.WaitingPulls,
-			agoKnown(c.LastDelivered, c.LastDeliveredUnknown, now), agoKnown(c.LastAcked, c.LastAckedUnknown, now))
-	} else {
-		p("%s/%s\tdoes not exist yet (created by the first consume)\n", c.Stream, c.Name)
+	for _, c := range append(serviceDurables(rep.Services), rep.Consumer) {
+		if c.Exists {
+			// Ages only: the report's time is in its first line, and two full timestamps
+			// would take the row past 100 columns.
+			p("%s/%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.Stream, c.Name, c.Pending, c.AckPending, c.Redelivered, c.WaitingPulls,
+				agoKnown(c.LastDelivered, c.LastDeliveredUnknown, now), agoKnown(c.LastAcked, c.LastAckedUnknown, now))
+		} else {
+			p("%s/%s\tdoes not exist yet (created by the first consume)\n", c.Stream, c.Name)
+		}
 	}
 	p("\n")
+	printLimits(p, rep.Services, now)
 
 	d := rep.DeadLetters
 	switch {
@@ -193,6 +195,43 @@ func printStatus(w io.Writer, rep status.Report, window time.Duration) error {
 	p("(EXPIRED, EXPIRING, NEVER REFRESHED and OLDEST REFRESHED count active rows only)\n")
 	printConnections(p, rep.Connections)
 	return errorsAndFlush(tw, rep)
+}
+
+// serviceDurables are the services' durables, in the order of the report.
+func serviceDurables(services []status.ServiceReport) []status.ConsumerReport {
+	out := make([]status.ConsumerReport, 0, len(services))
+	for _, s := range services {
+		out = append(out, s.Durable)
+	}
+	return out
+}
+
+// printLimits shows each service's provider limits state and how long its oldest
+// request has waited, with a warning as it nears the stream's retention.
+func printLimits(p func(string, ...any), services []status.ServiceReport, now time.Time) {
+	if len(services) == 0 {
+		return
+	}
+	p("SERVICE\tCIRCUIT\tFAILURES\tPAUSED UNTIL\tCALLS IN FLIGHT\tOLDEST WAITING\n")
+	var warnings []string
+	for _, s := range services {
+		circuit := s.Circuit
+		if s.NextProbe != nil {
+			circuit += " (probe " + shortDuration(s.NextProbe.Sub(now)) + ")"
+		}
+		paused := "-"
+		if s.PausedUntil != nil {
+			paused = "in " + shortDuration(s.PausedUntil.Sub(now)) + " (" + s.PauseReason + ")"
+		}
+		p("%s\t%s\t%d\t%s\t%d\t%s\n", s.Service, circuit, s.Failures, paused, s.CallsInFlight, when(s.OldestWaiting, now))
+		if s.Warning != "" {
+			warnings = append(warnings, "WARNING "+s.Service+": "+s.Warning)
+		}
+	}
+	for _, w := range warnings {
+		p("%s\n", w)
+	}
+	p("\n")
 }
 
 // printConnections shows the database connections the fleet holds, by command.

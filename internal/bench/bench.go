@@ -249,6 +249,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		{"slow provider", r.slowFigure},
 		{"duplicates", r.duplicatesFigure},
 		{"skip path", r.skipFigure},
+		{"provider limits", r.limitsFigure},
 	}
 	for _, s := range steps {
 		t := time.Now()

@@ -28,6 +28,7 @@ type Report struct {
 	Slow       SlowFigure       `json:"slow_provider"`
 	Duplicates DuplicatesFigure `json:"duplicates"`
 	Skip       SkipFigure       `json:"skip"`
+	Limits     LimitsFigure     `json:"limits"`
 	Targets    []Target         `json:"targets"`
 }
 
@@ -223,6 +224,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		fmt.Sprintf("refresh: %.3f", k.BaselineDB.perMessage(k.BaselineDB.Commits)), ratio(k.DB.perMessage(k.DB.Commits), k.BaselineDB.perMessage(k.BaselineDB.Commits)), "")
 	row("6 skip path: WAL bytes per message (whole server)", num(k.DB.perMessage(k.DB.WALBytes)),
 		"refresh: "+num(k.BaselineDB.perMessage(k.BaselineDB.WALBytes)), ratio(k.DB.perMessage(k.DB.WALBytes), k.BaselineDB.perMessage(k.BaselineDB.WALBytes)), "")
+	lf := rep.Limits
+	row(fmt.Sprintf("7 provider limits that never bind (rate, cap, circuit via the shared bucket), %s requests, %d in flight", num(float64(lf.Requests)), lf.Concurrency),
+		fmt.Sprintf("%s refresh/s (%+.0f µs per call)", num(lf.Rate), lf.CostMicros),
+		fmt.Sprintf("no limits: %s refresh/s", num(lf.BaselineRate)), lf.Ratio, "")
 	if err := tw.Flush(); err != nil {
 		return err
 	}

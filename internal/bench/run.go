@@ -145,14 +145,14 @@ func fill(ctx context.Context, db *bun.DB, n int) error {
 
 // consumePooled is consume on a pool of Options.Pool connections of its own, closed
 // when the run ends, with the connections it held sampled meanwhile.
-func (r *rig) consumePooled(ctx context.Context, service string, prov provider.Refresher, conc, want int, during func(context.Context) error) (consumerRun, error) {
+func (r *rig) consumePooled(ctx context.Context, service string, prov provider.Refresher, conc, want int, during func(context.Context) error, opts ...consumer.Option) (consumerRun, error) {
 	db, err := r.openPool(ctx, r.opts.Pool)
 	if err != nil {
 		return consumerRun{}, err
 	}
 	defer db.Close()
 	stopSampling := r.sampleConns(ctx, db)
-	run, err := r.consume(ctx, db, service, prov, conc, want, during)
+	run, err := r.consume(ctx, db, service, prov, conc, want, during, opts...)
 	run.conns = stopSampling()
 	return run, err
 }
@@ -184,7 +184,7 @@ func (c consumerRun) rate() float64 { return float64(c.tally.want) / c.elapsed.S
 // set, runs once the consumer is bound (to publish while it consumes); otherwise
 // the requests must be in the stream already. The time runs from the moment the
 // consumer is bound to the moment the last expected message was acknowledged.
-func (r *rig) consume(ctx context.Context, db *bun.DB, service string, prov provider.Refresher, conc, want int, during func(context.Context) error) (consumerRun, error) {
+func (r *rig) consume(ctx context.Context, db *bun.DB, service string, prov provider.Refresher, conc, want int, during func(context.Context) error, opts ...consumer.Option) (consumerRun, error) {
 	nc, err := natsconn.Local(r.ns.URL(), "refresher-bench-consumer", r.log)
 	if err != nil {
 		return consumerRun{}, err
@@ -192,7 +192,7 @@ func (r *rig) consume(ctx context.Context, db *bun.DB, service string, prov prov
 	defer nc.Close()
 	t := newTally(want)
 	c, err := consumer.New(db, nc, map[string]provider.Refresher{service: prov}, r.consumerConfig(conc),
-		consumer.WithLogger(r.quiet), consumer.WithObserver(t))
+		append([]consumer.Option{consumer.WithLogger(r.quiet), consumer.WithObserver(t)}, opts...)...)
 	if err != nil {
 		return consumerRun{}, err
 	}

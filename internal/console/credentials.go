@@ -158,7 +158,7 @@ func (c *Console) requestsFor(ctx context.Context, key model.Key) ([]StreamReque
 		return nil, false, err
 	}
 	var delivered, ackFloor uint64
-	if ci, err := s.Consumer(ctx, consumer.Durable); err == nil {
+	if ci, err := s.Consumer(ctx, consumer.ServiceDurable(key.Service)); err == nil {
 		if info, err := ci.Info(ctx); err == nil {
 			delivered, ackFloor = info.Delivered.Stream, info.AckFloor.Stream
 		}

@@ -419,67 +419,32 @@ func (c *Console) deadLetterSummary(ctx context.Context, ov *Overview, get func(
 }
 
 // backlog reads, per service, the requests not yet delivered and the oldest one not
-// yet acknowledged, from REFRESH and the fleet's durable consumer.
-func (c *Console) backlog(ctx context.Context, cons status.ConsumerReport, svc map[string]*ServiceOverview) error {
-	s, err := c.js.Stream(ctx, publisher.Stream)
-	if err != nil {
-		return err
-	}
-	var delivered, ackFloor uint64
-	if cons.Exists {
-		ci, err := s.Consumer(ctx, consumer.Durable)
-		if err != nil {
-			return err
-		}
-		info, err := ci.Info(ctx)
-		if err != nil {
-			return err
-		}
-		delivered, ackFloor = info.Delivered.Stream, info.AckFloor.Stream
-	}
+// yet acknowledged, from the service's durable consumer.
+func (c *Console) backlog(ctx context.Context, _ status.ConsumerReport, svc map[string]*ServiceOverview) error {
 	var errs []error
 	for name, so := range svc {
-		filter := model.SubjectPrefix + "." + name + ".*"
-		msg, err := s.GetMsg(ctx, ackFloor+1, jetstream.WithGetMsgSubject(filter))
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			continue // nothing unacknowledged, so no backlog either
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: oldest request: %w", name, err))
+		ci, err := c.js.Consumer(ctx, publisher.Stream, consumer.ServiceDurable(name))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			continue
 		}
-		t := msg.Time.UTC()
-		so.OldestPending = &t
-		n, err := c.countFrom(ctx, s, filter, delivered+1)
+		var info *jetstream.ConsumerInfo
+		if err == nil {
+			info, err = ci.Info(ctx)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: backlog: %w", name, err))
 			continue
 		}
-		so.Backlog = n
+		so.Backlog = info.NumPending
+		at, ok, err := consumer.OldestRequest(ctx, c.js, name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: oldest request: %w", name, err))
+		} else if ok {
+			t := at.UTC()
+			so.OldestPending = &t
+		}
 	}
 	return errors.Join(errs...)
-}
-
-// countFrom counts the messages of s matching filter from sequence seq on: the
-// pending count of a short-lived consumer that is never pulled from.
-func (c *Console) countFrom(ctx context.Context, s jetstream.Stream, filter string, seq uint64) (uint64, error) {
-	ci, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		FilterSubject:     filter,
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       seq,
-		AckPolicy:         jetstream.AckNonePolicy,
-		MemoryStorage:     true,
-		Replicas:          1,
-		InactiveThreshold: 30 * time.Second,
-	})
-	if err != nil {
-		return 0, err
-	}
-	n := ci.CachedInfo().NumPending
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = s.DeleteConsumer(dctx, ci.CachedInfo().Name)
-	return n, nil
 }
 
 func (c *Console) overviewJSON(w http.ResponseWriter, r *http.Request) {

@@ -160,7 +160,7 @@ func Run(ctx context.Context, o Options, out io.Writer, log *slog.Logger) error 
 			return ctx.Err()
 		}
 	}
-	fmt.Fprintf(out, "fleet: %d consumers x %d in flight, one durable consumer %q\n", o.Consumers, o.Concurrency, consumer.Durable)
+	fmt.Fprintf(out, "fleet: %d consumers x %d in flight, a durable consumer per service (%s)\n", o.Consumers, o.Concurrency, consumer.ServiceDurable("<service>"))
 
 	pubConn, err := natsconn.Local(ns.URL(), "demo-publisher", quiet)
 	if err != nil {

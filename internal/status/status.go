@@ -63,8 +63,12 @@ type Report struct {
 	GeneratedAt time.Time `json:"generated_at"`
 	// Stream is REFRESH, every request kept for replay (not the backlog: see Consumer).
 	Stream StreamReport `json:"stream"`
-	// Consumer is the fleet's shared durable: its counts are the backlog.
+	// Consumer is the fleet's shared durable, which takes requests no service's
+	// durable does (unknown services, malformed subjects).
 	Consumer ConsumerReport `json:"consumer"`
+	// Services are the services' durables (their counts are the backlog), the age of
+	// their oldest waiting request and their provider limits' state.
+	Services []ServiceReport `json:"services"`
 	// DeadLetters is REFRESH_DLQ and the commonest reasons.
 	DeadLetters DeadLetterReport `json:"dead_letters"`
 	// Credentials is the table by service.
@@ -100,6 +104,9 @@ func Gather(ctx context.Context, db bun.IDB, js jetstream.JetStream, opts Option
 	}
 	if rep.Consumer, err = consumerReport(ctx, js, rep.Stream.Exists); err != nil {
 		fail("consumer", err)
+	}
+	if rep.Services, err = serviceReports(ctx, js, now); err != nil {
+		fail("services", err)
 	}
 	if rep.DeadLetters, err = deadLetterReport(ctx, js, opts.DLQScan, opts.TopReasons); err != nil {
 		fail("dead letters", err)

@@ -88,25 +88,30 @@ func streamState(ctx context.Context, js jetstream.JetStream, name string) (Stre
 	return rep, st, nil
 }
 
-// consumerReport reads the fleet's durable; without the stream there is none.
+// consumerReport reads the fleet's shared durable; without the stream there is none.
 func consumerReport(ctx context.Context, js jetstream.JetStream, streamExists bool) (ConsumerReport, error) {
-	rep := ConsumerReport{Stream: requestStream, Name: consumer.Durable}
 	if !streamExists {
-		return rep, nil
+		return ConsumerReport{Stream: requestStream, Name: consumer.Durable}, nil
 	}
-	c, err := js.Consumer(ctx, requestStream, consumer.Durable)
+	return durableReport(ctx, js, consumer.Durable)
+}
+
+// durableReport reads one durable of REFRESH.
+func durableReport(ctx context.Context, js jetstream.JetStream, name string) (ConsumerReport, error) {
+	rep := ConsumerReport{Stream: requestStream, Name: name}
+	c, err := js.Consumer(ctx, requestStream, name)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 		return rep, nil
 	}
 	if err != nil {
-		return rep, fmt.Errorf("look up consumer %s on %s: %w", consumer.Durable, requestStream, err)
+		return rep, fmt.Errorf("look up consumer %s on %s: %w", name, requestStream, err)
 	}
 	info, err := c.Info(ctx)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return rep, nil
 	}
 	if err != nil {
-		return rep, fmt.Errorf("consumer %s info: %w", consumer.Durable, err)
+		return rep, fmt.Errorf("consumer %s info: %w", name, err)
 	}
 	rep.Exists = true
 	rep.Pending = info.NumPending
