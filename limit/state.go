@@ -131,8 +131,8 @@ type plan struct {
 	next    State
 	granted int // permits (slots)
 	probe   bool
-	tokens  int  // rate tokens, for calls about to start
-	held    bool // token waiters must go back: the service is paused or failing
+	tokens  int       // rate tokens, for calls about to start
+	held    bool      // token waiters must go back: the service is paused or failing
 	wake    time.Time // zero: only a change of the state can help
 }
 
