@@ -32,8 +32,11 @@ func consumeCmd(e *env) *cobra.Command {
 		Use:   "consume",
 		Short: "Run one consumer of the fleet until SIGTERM, then drain and exit 0",
 		Long: `Run one consumer of the fleet. Every consume process binds to the same durable
-consumer "refresher" on stream REFRESH, so JetStream spreads messages across the fleet.
-Each message is claim, call, commit: a short transaction locks the row, skips it if
+consumers on stream REFRESH, one per service ("refresher-<service>", plus "refresher"
+for requests no service takes), so JetStream spreads messages across the fleet. Each
+service's provider limits (REFRESHER_<SERVICE>_RATE, _MAX_IN_FLIGHT, the circuit
+breaker, Retry-After pauses) hold across the fleet (JetStream bucket refresher_limits);
+a request waits for its permit holding nothing. Each message is claim, call, commit: a short transaction locks the row, skips it if
 it was refreshed after the request, and commits a claim; the provider is called with
 no connection or lock held; a second short transaction checks the claim and the token
 presented, writes the token columns and commits; then the message is acknowledged.
