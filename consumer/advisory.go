@@ -9,13 +9,13 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // MaxDeliveriesSubject is where JetStream announces that a message of the shared
 // durable ran out of deliveries without any handler settling it (for instance a process
 // that crashes on it every time).
-var MaxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + publisher.Stream + "." + Durable
+var MaxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + stream.Stream + "." + Durable
 
 // maxDeliveriesAdvisory is the part of the advisory we use.
 type maxDeliveriesAdvisory struct {
@@ -57,11 +57,11 @@ func (c *Consumer) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn) error 
 func (c *Consumer) copyExhausted(ctx context.Context, adv maxDeliveriesAdvisory) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	stream, err := c.js.Stream(ctx, publisher.Stream)
+	s, err := c.js.Stream(ctx, stream.Stream)
 	if err != nil {
 		return err
 	}
-	orig, err := stream.GetMsg(ctx, adv.StreamSeq)
+	orig, err := s.GetMsg(ctx, adv.StreamSeq)
 	if err != nil {
 		return fmt.Errorf("fetch message %d: %w", adv.StreamSeq, err)
 	}
@@ -69,7 +69,7 @@ func (c *Consumer) copyExhausted(ctx context.Context, adv maxDeliveriesAdvisory)
 		fmt.Sprintf("max_deliveries: delivered %d times without being settled", adv.Deliveries), adv.Deliveries, adv.StreamSeq)
 	ack, err := c.js.PublishMsg(ctx, dl)
 	if err != nil {
-		return fmt.Errorf("copy message %d to %s: %w", adv.StreamSeq, publisher.DLQStream, err)
+		return fmt.Errorf("copy message %d to %s: %w", adv.StreamSeq, stream.DLQStream, err)
 	}
 	c.log.Debug("max-deliveries advisory handled", "stream_seq", adv.StreamSeq, "duplicate", ack.Duplicate)
 	if !ack.Duplicate {

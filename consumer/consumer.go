@@ -21,12 +21,13 @@ import (
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Consumer is one consume process's worker pool.
 type Consumer struct {
 	cfg       Config
-	streams   publisher.StreamConfig
+	streams   stream.StreamConfig
 	db        *bun.DB
 	js        jetstream.JetStream
 	providers map[string]provider.Refresher
@@ -62,7 +63,7 @@ func WithLogger(l *slog.Logger) Option { return func(c *Consumer) { c.log = l } 
 func WithKeyring(k *model.Keyring) Option { return func(c *Consumer) { c.keyring = k } }
 
 // WithStreamConfig sets how the streams are created (default DefaultStreamConfig).
-func WithStreamConfig(sc publisher.StreamConfig) Option {
+func WithStreamConfig(sc stream.StreamConfig) Option {
 	return func(c *Consumer) { c.streams = sc }
 }
 
@@ -87,7 +88,7 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 	}
 	c := &Consumer{
 		cfg:       cfg,
-		streams:   publisher.DefaultStreamConfig(),
+		streams:   stream.DefaultStreamConfig(),
 		db:        db,
 		js:        js,
 		providers: providers,
@@ -112,13 +113,13 @@ func (c *Consumer) Ready() <-chan struct{} { return c.ready }
 // Bind creates or updates the streams and the shared durable consumer. Every process
 // binds with the same settings, so whichever starts first creates them.
 func (c *Consumer) Bind(ctx context.Context) (jetstream.Consumer, error) {
-	if err := publisher.EnsureStreams(ctx, c.js, c.streams); err != nil {
+	if err := stream.EnsureStreams(ctx, c.js, c.streams); err != nil {
 		return nil, err
 	}
-	cons, err := c.js.CreateOrUpdateConsumer(ctx, publisher.Stream, jetstream.ConsumerConfig{
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, stream.Stream, jetstream.ConsumerConfig{
 		Durable:       Durable,
 		Description:   "refresher fleet: one message per credential refresh",
-		FilterSubject: publisher.StreamSubjects,
+		FilterSubject: stream.StreamSubjects,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		// Redelivery spacing comes from NakWithDelay (see Config.backoff), not from
@@ -129,7 +130,7 @@ func (c *Consumer) Bind(ctx context.Context) (jetstream.Consumer, error) {
 		MaxAckPending: c.cfg.MaxAckPending,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", Durable, publisher.Stream, err)
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", Durable, stream.Stream, err)
 	}
 	return cons, nil
 }
@@ -167,7 +168,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	go func() { defer close(skipsDone); c.writeSkips(stopSkips, skipsInterval) }()
 	defer func() { close(stopSkips); <-skipsDone }() // the drain's skips are written too
 	close(c.ready)
-	c.log.Info("consuming", "stream", publisher.Stream, "durable", Durable, "owner", c.owner,
+	c.log.Info("consuming", "stream", stream.Stream, "durable", Durable, "owner", c.owner,
 		"concurrency", c.cfg.Concurrency, "batch_size", c.cfg.BatchSize,
 		"db_max_conns", c.db.DB.Stats().MaxOpenConnections, "claim_ttl", c.cfg.claimTTL(), "owner_ttl", c.cfg.OwnerTTL, "recovery_time", c.cfg.RecoveryTime())
 

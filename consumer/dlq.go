@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Dead-letter headers, set on every copy in REFRESH_DLQ. They are publisher's, which
@@ -32,7 +33,7 @@ func DeadLetterID(seq uint64) string { return "dlq-" + strconv.FormatUint(seq, 1
 // prefixed with "dlq.", why it died, and the body, cut to publisher.DeadLetterBodyBytes
 // (with its size in publisher.HeaderBodyTruncated) when longer.
 func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, deliveries, seq uint64) *nats.Msg {
-	dl := nats.NewMsg(publisher.DLQPrefix + subject)
+	dl := nats.NewMsg(stream.DLQPrefix + subject)
 	for k, vs := range hdr {
 		if k == jetstream.MsgIDHeader || strings.HasPrefix(k, "Nats-") {
 			continue

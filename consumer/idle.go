@@ -7,7 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // WaitIdle polls the shared durable until every request stored before the call is
@@ -20,7 +20,7 @@ func WaitIdle(ctx context.Context, js jetstream.JetStream, poll time.Duration) e
 	defer t.Stop()
 	var target uint64
 	for target == 0 {
-		s, err := js.Stream(ctx, publisher.Stream)
+		s, err := js.Stream(ctx, stream.Stream)
 		if err == nil {
 			var info *jetstream.StreamInfo
 			if info, err = s.Info(ctx); err == nil {
@@ -40,7 +40,7 @@ func WaitIdle(ctx context.Context, js jetstream.JetStream, poll time.Duration) e
 	}
 	var last *jetstream.ConsumerInfo
 	for {
-		cons, err := js.Consumer(ctx, publisher.Stream, Durable)
+		cons, err := js.Consumer(ctx, stream.Stream, Durable)
 		if err == nil {
 			info, err := cons.Info(ctx)
 			if err == nil {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/refresher/refresher/consumer"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // httpShutdownTimeout mirrors cmd/refresher's: after draining, consume waits up to this
@@ -277,8 +277,8 @@ func checkScaledObject(d document, consumes []workload, scaled map[string]bool) 
 		}
 		triggers++
 		md := getMap(t, "metadata")
-		if s := getString(md, "stream"); s != publisher.Stream {
-			bad("nats-jetstream trigger: stream %q, refresher's is %q", s, publisher.Stream)
+		if s := getString(md, "stream"); s != stream.Stream {
+			bad("nats-jetstream trigger: stream %q, refresher's is %q", s, stream.Stream)
 		}
 		if c := getString(md, "consumer"); c != consumer.Durable {
 			bad("nats-jetstream trigger: consumer %q, refresher's durable is %q", c, consumer.Durable)

@@ -6,10 +6,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-)
 
-// SubjectPrefix is the first token of every refresh request subject.
-const SubjectPrefix = "refresh"
+	"github.com/refresher/refresher/stream"
+)
 
 // ErrBadSubject is returned for a subject that is not refresh.<service>.<id>.
 var ErrBadSubject = errors.New("bad subject")
@@ -26,9 +25,7 @@ type Key struct {
 }
 
 // Subject returns refresh.<service>.<id>.
-func (k Key) Subject() string {
-	return SubjectPrefix + "." + k.Service + "." + strconv.FormatInt(k.ID, 10)
-}
+func (k Key) Subject() string { return stream.Subject(k.Service, k.ID) }
 
 // String is the subject form, handy in logs.
 func (k Key) String() string { return k.Subject() }
@@ -46,8 +43,8 @@ func ValidateService(name string) error {
 // the publisher's dedupe ids cannot be bypassed by spelling an id differently.
 func ParseSubject(subject string) (Key, error) {
 	parts := strings.Split(subject, ".")
-	if len(parts) != 3 || parts[0] != SubjectPrefix {
-		return Key{}, fmt.Errorf("%w %q: want %s.<service>.<id>", ErrBadSubject, subject, SubjectPrefix)
+	if len(parts) != 3 || parts[0] != stream.SubjectPrefix {
+		return Key{}, fmt.Errorf("%w %q: want %s.<service>.<id>", ErrBadSubject, subject, stream.SubjectPrefix)
 	}
 	if err := ValidateService(parts[1]); err != nil {
 		return Key{}, fmt.Errorf("%w %q: %w", ErrBadSubject, subject, err)

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/refresher/refresher/stream"
 )
 
 // Headers of every dead letter in REFRESH_DLQ. They are defined here, beside the
@@ -75,9 +77,9 @@ func ListDeadLettersIn(ctx context.Context, js jetstream.JetStream, st jetstream
 	if st.Msgs == 0 {
 		return nil
 	}
-	s, err := js.Stream(ctx, DLQStream)
+	s, err := js.Stream(ctx, stream.DLQStream)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", DLQStream, err)
+		return fmt.Errorf("stream %s: %w", stream.DLQStream, err)
 	}
 	return listDeadLetters(ctx, s, st, limit, fn)
 }
@@ -114,7 +116,7 @@ func listDeadLetters(ctx context.Context, s jetstream.Stream, st jetstream.Strea
 		return ferr
 	}
 	if err != nil {
-		return fmt.Errorf("read %s: %w", DLQStream, err)
+		return fmt.Errorf("read %s: %w", stream.DLQStream, err)
 	}
 	for i := range ring {
 		if err := fn(ring[(next+i)%len(ring)]); err != nil {
@@ -134,7 +136,7 @@ func deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata) DeadLetter {
 		Reason:          h.Get(HeaderReason),
 	}
 	if dl.OriginalSubject == "" {
-		dl.OriginalSubject = msg.Subject()[min(len(DLQPrefix), len(msg.Subject())):]
+		dl.OriginalSubject = msg.Subject()[min(len(stream.DLQPrefix), len(msg.Subject())):]
 	}
 	dl.Deliveries, _ = strconv.ParseUint(h.Get(HeaderDeliveries), 10, 64)
 	dl.OriginalSequence, _ = strconv.ParseUint(h.Get(HeaderStreamSeq), 10, 64)
@@ -168,11 +170,11 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 		return 0, nil
 	}
 	if err := s.Purge(ctx, jetstream.WithPurgeSequence(upTo)); err != nil {
-		return 0, fmt.Errorf("purge %s below sequence %d: %w", DLQStream, upTo, err)
+		return 0, fmt.Errorf("purge %s below sequence %d: %w", stream.DLQStream, upTo, err)
 	}
 	after, err := s.Info(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("purged %s below sequence %d, but cannot count: %w", DLQStream, upTo, err)
+		return 0, fmt.Errorf("purged %s below sequence %d, but cannot count: %w", stream.DLQStream, upTo, err)
 	}
 	// The server does not return the count through this API; what was there, plus
 	// what arrived meanwhile, less what is left, is what went.
@@ -182,13 +184,13 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 
 // dlqState returns REFRESH_DLQ and its state.
 func dlqState(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, jetstream.StreamState, error) {
-	s, err := js.Stream(ctx, DLQStream)
+	s, err := js.Stream(ctx, stream.DLQStream)
 	if err != nil {
-		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", DLQStream, err)
+		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", stream.DLQStream, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", DLQStream, err)
+		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", stream.DLQStream, err)
 	}
 	return s, info.State, nil
 }

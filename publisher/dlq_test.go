@@ -12,6 +12,7 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // listDeadLetters returns every dead letter ListDeadLetters yields for limit.
@@ -107,7 +108,7 @@ func TestDeadLetterLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := publisher.ReplayResult{Stream: publisher.DLQStream, Read: 6, Distinct: 4, Skipped: 2, Republished: 4}
+	want := publisher.ReplayResult{Stream: stream.DLQStream, Read: 6, Distinct: 4, Skipped: 2, Republished: 4}
 	if res != want {
 		t.Fatalf("DLQ replay = %+v, want %+v", res, want)
 	}
@@ -171,7 +172,7 @@ func TestListDeadLettersLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s, err := js.Stream(ctx, publisher.DLQStream)
+	s, err := js.Stream(ctx, stream.DLQStream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/stream"
 )
 
 // ErrBeforeStream is returned when a replay window starts before the oldest message
@@ -125,15 +126,15 @@ func (o ReplayOptions) Validate() error {
 }
 
 // streamAndFilter is the stream a replay reads and its subject filter.
-func (o ReplayOptions) streamAndFilter() (stream, filter string) {
-	stream, filter = Stream, StreamSubjects
+func (o ReplayOptions) streamAndFilter() (name, filter string) {
+	name, filter = stream.Stream, stream.StreamSubjects
 	if o.Service != "" {
-		filter = model.SubjectPrefix + "." + o.Service + ".*"
+		filter = stream.ServiceSubjects(o.Service)
 	}
 	if o.DLQ {
-		stream, filter = DLQStream, DLQPrefix+filter
+		name, filter = stream.DLQStream, stream.DeadLetterSubject(filter)
 	}
-	return stream, filter
+	return name, filter
 }
 
 // Replay re-requests the refreshes asked for in a window of REFRESH (or REFRESH_DLQ),
@@ -315,7 +316,7 @@ func replayRequest(msg jetstream.Msg, stored time.Time, dlq bool) (model.Key, ti
 		if orig := hdr.Get(HeaderOriginalSubject); orig != "" {
 			subject = orig
 		} else {
-			subject = strings.TrimPrefix(subject, DLQPrefix)
+			subject = strings.TrimPrefix(subject, stream.DLQPrefix)
 		}
 	}
 	key, err := model.ParseSubject(subject)

@@ -16,6 +16,7 @@ import (
 	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // oneShotSetupWait bounds how long a one-shot publish waits for JetStream to accept
@@ -156,7 +157,7 @@ client had already used: they were published under an id of their own.`,
 				setupCtx, cancelSetup = context.WithTimeout(cmd.Context(), oneShotSetupWait)
 			}
 			err = publisher.SetupRetry(setupCtx, e.log, "create the streams", func(ctx context.Context) error {
-				return publisher.EnsureStreams(ctx, p.JetStream(), streams)
+				return stream.EnsureStreams(ctx, p.JetStream(), streams)
 			})
 			cancelSetup()
 			if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // TestStreamSettingsAreTheFleets: publish creates missing streams with the request
@@ -25,7 +26,7 @@ func TestStreamSettingsAreTheFleets(t *testing.T) {
 	ctx := context.Background()
 	maxAge := func() time.Duration {
 		t.Helper()
-		s, err := fx.JS().Stream(ctx, publisher.Stream)
+		s, err := fx.JS().Stream(ctx, stream.Stream)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,12 +37,12 @@ func TestStreamSettingsAreTheFleets(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("publish: exit %d: %s", code, stderr)
 	}
-	s, err := fx.JS().Stream(ctx, publisher.Stream)
+	s, err := fx.JS().Stream(ctx, stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := s.CachedInfo().Config.MaxMsgSize; got != publisher.RequestMaxMsgSize {
-		t.Fatalf("REFRESH created with max_msg_size %d, want %d", got, publisher.RequestMaxMsgSize)
+	if got := s.CachedInfo().Config.MaxMsgSize; got != stream.RequestMaxMsgSize {
+		t.Fatalf("REFRESH created with max_msg_size %d, want %d", got, stream.RequestMaxMsgSize)
 	}
 
 	t.Setenv("REFRESHER_STREAM_MAX_AGE", "1h")
@@ -111,7 +112,7 @@ func TestOversizedRequestDeadLettered(t *testing.T) {
 	if len(dl.Data) != publisher.DeadLetterBodyBytes || !bytes.Equal(dl.Data, body[:publisher.DeadLetterBodyBytes]) {
 		t.Errorf("dead letter holds %d bytes of the body, want its first %d", len(dl.Data), publisher.DeadLetterBodyBytes)
 	}
-	s, err := fx.JS().Stream(context.Background(), publisher.DLQStream)
+	s, err := fx.JS().Stream(context.Background(), stream.DLQStream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/refresher/refresher/internal/pgtest"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -63,13 +64,13 @@ func newRig(t *testing.T, opts console.Options) *rig {
 	nc := env.Conn()
 	requested := time.Now().UTC()
 	for _, m := range []*nats.Msg{
-		{Subject: publisher.DLQPrefix + fmt.Sprintf("refresh.github.%d", r.deadID), Header: nats.Header{
+		{Subject: stream.DLQPrefix + fmt.Sprintf("refresh.github.%d", r.deadID), Header: nats.Header{
 			publisher.HeaderOriginalSubject: {fmt.Sprintf("refresh.github.%d", r.deadID)},
 			publisher.HeaderReason:          {deadReason},
 			publisher.HeaderDeliveries:      {"5"},
 			model.HeaderRequestedAt:         {model.FormatRequestedAt(requested)},
 		}},
-		{Subject: publisher.DLQPrefix + "refresh.bogus", Header: nats.Header{
+		{Subject: stream.DLQPrefix + "refresh.bogus", Header: nats.Header{
 			publisher.HeaderOriginalSubject: {"refresh.bogus"},
 			publisher.HeaderReason:          {`malformed: bad subject "refresh.bogus": want refresh.<service>.<id>`},
 		}, Data: []byte("x")},
@@ -383,7 +384,7 @@ func TestIsLoopback(t *testing.T) {
 // requestsStored is the number of messages REFRESH ever stored.
 func (r *rig) requestsStored(t *testing.T) uint64 {
 	t.Helper()
-	s, err := r.env.JS().Stream(context.Background(), publisher.Stream)
+	s, err := r.env.JS().Stream(context.Background(), stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // DeadLetterFilter selects dead letters. Empty fields match everything.
@@ -106,7 +107,7 @@ const maxShown = 500
 // the filter selects, oldest first, and the listing.
 func (c *Console) matching(ctx context.Context, f DeadLetterFilter) (DeadLetterList, []uint64, error) {
 	l := DeadLetterList{Filter: f, Limit: c.opts.DLQScan}
-	s, err := c.js.Stream(ctx, publisher.DLQStream)
+	s, err := c.js.Stream(ctx, stream.DLQStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return l, nil, nil
 	}
@@ -279,7 +280,7 @@ type ReplayResult struct {
 // dead letters stay (purge them once the replays are seen through).
 func (c *Console) ReplayDeadLetters(ctx context.Context, seqs []uint64) (ReplayResult, error) {
 	var res ReplayResult
-	s, err := c.js.Stream(ctx, publisher.DLQStream)
+	s, err := c.js.Stream(ctx, stream.DLQStream)
 	if err != nil {
 		return res, err
 	}
@@ -322,7 +323,7 @@ func (c *Console) ReplayDeadLetters(ctx context.Context, seqs []uint64) (ReplayR
 func requestOf(raw *jetstream.RawStreamMsg) (model.Key, time.Time, error) {
 	subject := raw.Header.Get(publisher.HeaderOriginalSubject)
 	if subject == "" {
-		subject = strings.TrimPrefix(raw.Subject, publisher.DLQPrefix)
+		subject = strings.TrimPrefix(raw.Subject, stream.DLQPrefix)
 	}
 	key, err := model.ParseSubject(subject)
 	if err != nil {
@@ -343,7 +344,7 @@ func requestOf(raw *jetstream.RawStreamMsg) (model.Key, time.Time, error) {
 // PurgeDeadLetters deletes the dead letters seqs from REFRESH_DLQ and returns how
 // many it deleted (those already gone are not counted).
 func (c *Console) PurgeDeadLetters(ctx context.Context, seqs []uint64) (int, error) {
-	s, err := c.js.Stream(ctx, publisher.DLQStream)
+	s, err := c.js.Stream(ctx, stream.DLQStream)
 	if err != nil {
 		return 0, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/refresher/refresher/internal/status"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // ChartMinutes is how far back the overview's chart goes, one bar per minute.
@@ -421,7 +422,7 @@ func (c *Console) deadLetterSummary(ctx context.Context, ov *Overview, get func(
 // backlog reads, per service, the requests not yet delivered and the oldest one not
 // yet acknowledged, from REFRESH and the fleet's durable consumer.
 func (c *Console) backlog(ctx context.Context, cons status.ConsumerReport, svc map[string]*ServiceOverview) error {
-	s, err := c.js.Stream(ctx, publisher.Stream)
+	s, err := c.js.Stream(ctx, stream.Stream)
 	if err != nil {
 		return err
 	}
@@ -439,7 +440,7 @@ func (c *Console) backlog(ctx context.Context, cons status.ConsumerReport, svc m
 	}
 	var errs []error
 	for name, so := range svc {
-		filter := model.SubjectPrefix + "." + name + ".*"
+		filter := stream.ServiceSubjects(name)
 		msg, err := s.GetMsg(ctx, ackFloor+1, jetstream.WithGetMsgSubject(filter))
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):

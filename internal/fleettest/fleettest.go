@@ -29,6 +29,7 @@ import (
 	"github.com/refresher/refresher/provider"
 	"github.com/refresher/refresher/provider/fake"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Options shape an Env.
@@ -72,7 +73,7 @@ type Env struct {
 	PG       *pgserver.Server    // set when Options.OwnPostgres
 	NATS     *natsserver.Server  // nil when Cluster is set
 	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
-	Streams  publisher.StreamConfig
+	Streams  stream.StreamConfig
 	batch    int
 	Keyring  *model.Keyring
 	Fake     *fake.Provider
@@ -113,7 +114,7 @@ func New(t testing.TB, o Options) *Env {
 	t.Cleanup(func() { _ = stop(context.Background()) })
 	env := &Env{
 		t: t, DB: db, DBURL: url, PG: pg, Fake: fp, FakeURL: fpURL,
-		Services: o.Services, logs: logs, Log: log, Streams: publisher.DefaultStreamConfig(),
+		Services: o.Services, logs: logs, Log: log, Streams: stream.DefaultStreamConfig(),
 		batch: max(o.BatchSize, 1), Keyring: o.Keyring,
 	}
 	if o.ClusterSize > 1 {
@@ -280,7 +281,7 @@ func (e *Env) Publisher(opts ...publisher.Option) *publisher.Publisher {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := publisher.EnsureStreams(context.Background(), p.JetStream(), e.Streams); err != nil {
+	if err := stream.EnsureStreams(context.Background(), p.JetStream(), e.Streams); err != nil {
 		e.t.Fatal(err)
 	}
 	return p
@@ -361,7 +362,7 @@ func StreamMessages(t testing.TB, js jetstream.JetStream, stream string) []*jets
 func (e *Env) DeadLetters() []DeadLetter {
 	e.t.Helper()
 	var out []DeadLetter
-	for _, m := range StreamMessages(e.t, e.JS(), publisher.DLQStream) {
+	for _, m := range StreamMessages(e.t, e.JS(), stream.DLQStream) {
 		out = append(out, DeadLetter{
 			Subject: m.Subject, Original: m.Header.Get(consumer.HeaderOriginalSubject),
 			Reason: m.Header.Get(consumer.HeaderReason), Deliveries: m.Header.Get(consumer.HeaderDeliveries), Data: m.Data,

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // DeadLetterReport is REFRESH_DLQ and why its messages died.
@@ -60,7 +61,7 @@ func ReasonGroup(reason string) string {
 // messages. The scan stops at the last message of that state, so that its counts
 // agree with Messages even while dead letters arrive.
 func deadLetterReport(ctx context.Context, js jetstream.JetStream, scan, top int) (DeadLetterReport, error) {
-	s, st, err := streamState(ctx, js, publisher.DLQStream)
+	s, st, err := streamState(ctx, js, stream.DLQStream)
 	rep := DeadLetterReport{StreamReport: s, ScanLimit: scan, TopReasons: []ReasonCount{}}
 	if err != nil || !s.Exists {
 		rep.Complete = err == nil

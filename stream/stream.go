@@ -1,4 +1,11 @@
-package publisher
+// Package stream is the contract between the processes that write refresh requests
+// and those that act on them: the subjects requests are published to, the REFRESH and
+// REFRESH_DLQ streams that keep them, the format of a dead letter, and the
+// max-deliveries advisory that announces one the consumer gave up on. It sits in the
+// middle of the flow publisher → stream → consumer → provider: publisher and consumer
+// both import it, and it imports neither (nor model, which uses its SubjectPrefix),
+// so that neither side depends on the other to agree on what a message is.
+package stream
 
 import (
 	"context"
@@ -18,13 +25,13 @@ const (
 	// Stream keeps every refresh request (limits retention) so windows can be replayed.
 	Stream = "REFRESH"
 	// StreamSubjects is what Stream captures.
-	StreamSubjects = "refresh.>"
+	StreamSubjects = SubjectPrefix + ".>"
 	// DLQStream keeps requests that could not be satisfied, with the reason.
 	DLQStream = "REFRESH_DLQ"
 	// DLQPrefix is prepended to a request's subject to form its dead-letter subject.
 	DLQPrefix = "dlq."
 	// DLQSubjects is what DLQStream captures.
-	DLQSubjects = "dlq.refresh.>"
+	DLQSubjects = DLQPrefix + StreamSubjects
 )
 
 // StreamConfig is the part of stream set-up operators tune. The same values must be
