@@ -65,7 +65,7 @@ func (c *Consumer) copyExhausted(ctx context.Context, adv maxDeliveriesAdvisory)
 	if err != nil {
 		return fmt.Errorf("fetch message %d: %w", adv.StreamSeq, err)
 	}
-	dl := DeadLetterMsg(orig.Subject, orig.Data, orig.Header,
+	dl := stream.DeadLetterMsg(orig.Subject, orig.Data, orig.Header,
 		fmt.Sprintf("max_deliveries: delivered %d times without being settled", adv.Deliveries), adv.Deliveries, adv.StreamSeq)
 	ack, err := c.js.PublishMsg(ctx, dl)
 	if err != nil {

@@ -69,7 +69,7 @@ func DefaultStreamConfig() StreamConfig {
 // request the consumer would accept is stored, and a body above it is refused at
 // publish instead of being kept for MaxAge and copied into the dead-letter stream. A
 // body between the two is stored and dead-lettered with its reason and a truncated
-// copy of the body (consumer.DeadLetterMsg). A dead letter is at most a request plus
+// copy of the body (DeadLetterMsg). A dead letter is at most a request plus
 // the dead-letter headers.
 const (
 	RequestMaxMsgSize = 8 << 10

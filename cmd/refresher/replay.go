@@ -270,7 +270,7 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions, include
 func unconfiguredDeadLetters(cmd *cobra.Command, p *publisher.Publisher, opts publisher.ReplayOptions, configured map[string]bool) (string, int, error) {
 	bySvc := map[string]int{}
 	total := 0
-	err := publisher.ListDeadLetters(cmd.Context(), p.JetStream(), 0, func(dl publisher.DeadLetter) error {
+	err := stream.ListDeadLetters(cmd.Context(), p.JetStream(), 0, func(dl stream.DeadLetter) error {
 		if dl.Time.Before(opts.From) || (!opts.Until.IsZero() && dl.Time.After(opts.Until)) {
 			return nil
 		}

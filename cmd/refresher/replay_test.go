@@ -136,7 +136,7 @@ func TestReplayAndDLQCommands(t *testing.T) {
 		t.Fatalf("dlq list --json --limit 2 printed %d lines:\n%s", len(lines), out)
 	}
 	for _, l := range lines {
-		var dl publisher.DeadLetter
+		var dl stream.DeadLetter
 		if err := json.Unmarshal([]byte(l), &dl); err != nil {
 			t.Fatalf("line %q: %v", l, err)
 		}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
 )
 
@@ -93,7 +92,7 @@ func TestStreamSettingsAreTheFleets(t *testing.T) {
 
 // TestOversizedRequestDeadLettered: a body above model.MaxBodyBytes (but within
 // REFRESH's message size limit) is dead-lettered with its reason and only the first
-// publisher.DeadLetterBodyBytes of the body, its size in a header.
+// stream.DeadLetterBodyBytes of the body, its size in a header.
 func TestOversizedRequestDeadLettered(t *testing.T) {
 	fx := fleettest.New(t, fleettest.Options{})
 	fx.Publisher() // creates the streams
@@ -109,8 +108,8 @@ func TestOversizedRequestDeadLettered(t *testing.T) {
 	if !strings.Contains(dl.Reason, "bytes, limit") {
 		t.Errorf("reason %q does not say the body is too large", dl.Reason)
 	}
-	if len(dl.Data) != publisher.DeadLetterBodyBytes || !bytes.Equal(dl.Data, body[:publisher.DeadLetterBodyBytes]) {
-		t.Errorf("dead letter holds %d bytes of the body, want its first %d", len(dl.Data), publisher.DeadLetterBodyBytes)
+	if len(dl.Data) != stream.DeadLetterBodyBytes || !bytes.Equal(dl.Data, body[:stream.DeadLetterBodyBytes]) {
+		t.Errorf("dead letter holds %d bytes of the body, want its first %d", len(dl.Data), stream.DeadLetterBodyBytes)
 	}
 	s, err := fx.JS().Stream(context.Background(), stream.DLQStream)
 	if err != nil {
@@ -120,7 +119,7 @@ func TestOversizedRequestDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := m.Header.Get(publisher.HeaderBodyTruncated); got != strconv.Itoa(len(body)) {
-		t.Errorf("%s = %q, want %d", publisher.HeaderBodyTruncated, got, len(body))
+	if got := m.Header.Get(stream.HeaderBodyTruncated); got != strconv.Itoa(len(body)) {
+		t.Errorf("%s = %q, want %d", stream.HeaderBodyTruncated, got, len(body))
 	}
 }

@@ -63,7 +63,7 @@ func (f DeadLetterFilter) Query() string {
 // Empty reports whether the filter matches every dead letter.
 func (f DeadLetterFilter) Empty() bool { return f == DeadLetterFilter{} }
 
-func (f DeadLetterFilter) match(dl publisher.DeadLetter) bool {
+func (f DeadLetterFilter) match(dl stream.DeadLetter) bool {
 	k, kerr := model.ParseSubject(dl.OriginalSubject)
 	switch {
 	case f.Service != "" && (kerr != nil || k.Service != f.Service):
@@ -95,7 +95,7 @@ type DeadLetterList struct {
 
 // DeadLetterRow is one listed dead letter.
 type DeadLetterRow struct {
-	publisher.DeadLetter
+	stream.DeadLetter
 	Group      string
 	Credential int64 // 0 when the subject does not name one
 	Service    string
@@ -121,7 +121,7 @@ func (c *Console) matching(ctx context.Context, f DeadLetterFilter) (DeadLetterL
 	l.Total = info.State.Msgs
 	services, reasons := map[string]bool{}, map[string]*status.ReasonCount{}
 	var seqs []uint64
-	err = publisher.ListDeadLettersIn(ctx, c.js, info.State, c.opts.DLQScan, func(dl publisher.DeadLetter) error {
+	err = stream.ListDeadLettersIn(ctx, c.js, info.State, c.opts.DLQScan, func(dl stream.DeadLetter) error {
 		l.Scanned++
 		row := DeadLetterRow{DeadLetter: dl, Group: status.ReasonGroup(dl.Reason)}
 		if k, err := model.ParseSubject(dl.OriginalSubject); err == nil {
@@ -321,11 +321,7 @@ func (c *Console) ReplayDeadLetters(ctx context.Context, seqs []uint64) (ReplayR
 // requestOf reads a dead letter's credential and request time, as the consumer and
 // `refresher dlq replay` would.
 func requestOf(raw *jetstream.RawStreamMsg) (model.Key, time.Time, error) {
-	subject := raw.Header.Get(publisher.HeaderOriginalSubject)
-	if subject == "" {
-		subject = strings.TrimPrefix(raw.Subject, stream.DLQPrefix)
-	}
-	key, err := model.ParseSubject(subject)
+	key, err := model.ParseSubject(stream.OriginalSubject(raw.Subject, raw.Header))
 	if err != nil {
 		return key, time.Time{}, err
 	}

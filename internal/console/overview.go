@@ -17,7 +17,6 @@ import (
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/status"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
 )
 
@@ -387,7 +386,7 @@ func (c *Console) liveOwners(ctx context.Context, ov *Overview) error {
 // chart, and the commonest reasons.
 func (c *Console) deadLetterSummary(ctx context.Context, ov *Overview, get func(string) *ServiceOverview) error {
 	groups := map[string]*status.ReasonCount{}
-	err := publisher.ListDeadLetters(ctx, c.js, overviewDLQScan, func(dl publisher.DeadLetter) error {
+	err := stream.ListDeadLetters(ctx, c.js, overviewDLQScan, func(dl stream.DeadLetter) error {
 		ov.DeadLettersScanned++
 		if k, err := model.ParseSubject(dl.OriginalSubject); err == nil {
 			s := get(k.Service)

@@ -358,14 +358,28 @@ func StreamMessages(t testing.TB, js jetstream.JetStream, stream string) []*jets
 	return out
 }
 
+// ListDeadLetters returns every dead letter stream.ListDeadLetters yields for limit.
+func ListDeadLetters(t testing.TB, js jetstream.JetStream, limit int) []stream.DeadLetter {
+	t.Helper()
+	var out []stream.DeadLetter
+	err := stream.ListDeadLetters(context.Background(), js, limit, func(dl stream.DeadLetter) error {
+		out = append(out, dl)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // DeadLetters reads every message in REFRESH_DLQ.
 func (e *Env) DeadLetters() []DeadLetter {
 	e.t.Helper()
 	var out []DeadLetter
 	for _, m := range StreamMessages(e.t, e.JS(), stream.DLQStream) {
 		out = append(out, DeadLetter{
-			Subject: m.Subject, Original: m.Header.Get(consumer.HeaderOriginalSubject),
-			Reason: m.Header.Get(consumer.HeaderReason), Deliveries: m.Header.Get(consumer.HeaderDeliveries), Data: m.Data,
+			Subject: m.Subject, Original: m.Header.Get(stream.HeaderOriginalSubject),
+			Reason: m.Header.Get(stream.HeaderReason), Deliveries: m.Header.Get(stream.HeaderDeliveries), Data: m.Data,
 		})
 	}
 	return out

@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
 )
 
@@ -91,7 +90,7 @@ func scanReasons(ctx context.Context, js jetstream.JetStream, st jetstream.Strea
 		return groups, 0, nil // ListDeadLetters reads everything on 0
 	}
 	scanned := 0
-	err := publisher.ListDeadLettersIn(ctx, js, st, limit, func(dl publisher.DeadLetter) error {
+	err := stream.ListDeadLettersIn(ctx, js, st, limit, func(dl stream.DeadLetter) error {
 		scanned++
 		key := ReasonGroup(dl.Reason)
 		g := groups[key]

@@ -1,19 +1,19 @@
-package publisher
+package stream
 
 import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/refresher/refresher/stream"
 )
 
-// Headers of every dead letter in REFRESH_DLQ. They are defined here, beside the
-// stream, because both the consumer (which writes dead letters) and the replay and
-// dlq commands (which read them) need them, and the consumer imports this package.
+// Headers of every dead letter in REFRESH_DLQ: the consumer writes them
+// (DeadLetterMsg), replay, the dlq commands, status and the console read them back
+// (ReadDeadLetter, OriginalSubject).
 const (
 	// HeaderOriginalSubject is the subject the request was published to.
 	HeaderOriginalSubject = "Refresh-Original-Subject"
@@ -77,9 +77,9 @@ func ListDeadLettersIn(ctx context.Context, js jetstream.JetStream, st jetstream
 	if st.Msgs == 0 {
 		return nil
 	}
-	s, err := js.Stream(ctx, stream.DLQStream)
+	s, err := js.Stream(ctx, DLQStream)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", stream.DLQStream, err)
+		return fmt.Errorf("stream %s: %w", DLQStream, err)
 	}
 	return listDeadLetters(ctx, s, st, limit, fn)
 }
@@ -95,7 +95,7 @@ func listDeadLetters(ctx context.Context, s jetstream.Stream, st jetstream.Strea
 		next int
 		ferr error
 	)
-	err := readStream(ctx, s, jetstream.OrderedConsumerConfig{
+	err := ReadOrdered(ctx, s, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   start,
 	}, st.LastSeq, func(msg jetstream.Msg, meta *jetstream.MsgMetadata, _ int) bool {
@@ -116,7 +116,7 @@ func listDeadLetters(ctx context.Context, s jetstream.Stream, st jetstream.Strea
 		return ferr
 	}
 	if err != nil {
-		return fmt.Errorf("read %s: %w", stream.DLQStream, err)
+		return fmt.Errorf("read %s: %w", DLQStream, err)
 	}
 	for i := range ring {
 		if err := fn(ring[(next+i)%len(ring)]); err != nil {
@@ -128,19 +128,76 @@ func listDeadLetters(ctx context.Context, s jetstream.Stream, st jetstream.Strea
 
 // deadLetter reads the listing of one REFRESH_DLQ message.
 func deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata) DeadLetter {
-	h := msg.Headers()
-	dl := DeadLetter{
-		Sequence:        meta.Sequence.Stream,
-		Time:            meta.Timestamp,
-		OriginalSubject: h.Get(HeaderOriginalSubject),
-		Reason:          h.Get(HeaderReason),
-	}
-	if dl.OriginalSubject == "" {
-		dl.OriginalSubject = msg.Subject()[min(len(stream.DLQPrefix), len(msg.Subject())):]
-	}
-	dl.Deliveries, _ = strconv.ParseUint(h.Get(HeaderDeliveries), 10, 64)
-	dl.OriginalSequence, _ = strconv.ParseUint(h.Get(HeaderStreamSeq), 10, 64)
+	dl := ReadDeadLetter(msg.Subject(), msg.Headers())
+	dl.Sequence, dl.Time = meta.Sequence.Stream, meta.Timestamp
 	return dl
+}
+
+// ReadDeadLetter reads back what DeadLetterMsg wrote in the subject and headers of a
+// dead letter. Sequence and Time are REFRESH_DLQ's, not the message's, and are left
+// zero; so are Deliveries and OriginalSequence when their headers are missing or
+// unreadable (a dead letter published by hand).
+func ReadDeadLetter(subject string, hdr nats.Header) DeadLetter {
+	dl := DeadLetter{OriginalSubject: OriginalSubject(subject, hdr), Reason: hdr.Get(HeaderReason)}
+	dl.Deliveries, _ = strconv.ParseUint(hdr.Get(HeaderDeliveries), 10, 64)
+	dl.OriginalSequence, _ = strconv.ParseUint(hdr.Get(HeaderStreamSeq), 10, 64)
+	return dl
+}
+
+// OriginalSubject is the subject the request of a dead letter was published to: its
+// HeaderOriginalSubject, or, when a dead letter lacks it, its own subject less
+// DLQPrefix.
+func OriginalSubject(subject string, hdr nats.Header) string {
+	if orig := hdr.Get(HeaderOriginalSubject); orig != "" {
+		return orig
+	}
+	return strings.TrimPrefix(subject, DLQPrefix)
+}
+
+// DeadLetterID is the dedupe id of the dead-letter copy of the message at stream
+// sequence seq: whoever copies it (a handler, a retry, the max-deliveries advisory
+// listener), REFRESH_DLQ keeps one.
+func DeadLetterID(seq uint64) string { return "dlq-" + strconv.FormatUint(seq, 10) }
+
+// DeadLetterMsg builds the REFRESH_DLQ copy of a request: same headers, the subject
+// prefixed with DLQPrefix, why it died, and the body, cut to DeadLetterBodyBytes
+// (with its size in HeaderBodyTruncated) when longer. The reason is kept to one
+// printable line of bounded length, as a header must be.
+func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, deliveries, seq uint64) *nats.Msg {
+	dl := nats.NewMsg(DeadLetterSubject(subject))
+	for k, vs := range hdr {
+		if k == jetstream.MsgIDHeader || strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		for _, v := range vs {
+			dl.Header.Add(k, v)
+		}
+	}
+	dl.Header.Set(jetstream.MsgIDHeader, DeadLetterID(seq))
+	dl.Header.Set(HeaderOriginalSubject, subject)
+	dl.Header.Set(HeaderReason, headerSafe(reason))
+	dl.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
+	dl.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
+	dl.Header.Set(HeaderDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
+	if len(data) > DeadLetterBodyBytes {
+		dl.Header.Set(HeaderBodyTruncated, strconv.Itoa(len(data)))
+		data = data[:DeadLetterBodyBytes]
+	}
+	dl.Data = data
+	return dl
+}
+
+// headerSafe keeps a reason on one printable line of bounded length.
+func headerSafe(s string) string {
+	if len(s) > 512 {
+		s = s[:512]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
 }
 
 // PurgeDeadLetters removes the dead letters REFRESH_DLQ stored before before (every
@@ -155,7 +212,7 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 	// every sequence below the first one stored at or after the cutoff.
 	upTo := st.LastSeq + 1
 	if !before.IsZero() {
-		err := readStream(ctx, s, jetstream.OrderedConsumerConfig{
+		err := ReadOrdered(ctx, s, jetstream.OrderedConsumerConfig{
 			DeliverPolicy: jetstream.DeliverByStartTimePolicy,
 			OptStartTime:  &before,
 		}, st.LastSeq, func(_ jetstream.Msg, meta *jetstream.MsgMetadata, _ int) bool {
@@ -170,11 +227,11 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 		return 0, nil
 	}
 	if err := s.Purge(ctx, jetstream.WithPurgeSequence(upTo)); err != nil {
-		return 0, fmt.Errorf("purge %s below sequence %d: %w", stream.DLQStream, upTo, err)
+		return 0, fmt.Errorf("purge %s below sequence %d: %w", DLQStream, upTo, err)
 	}
 	after, err := s.Info(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("purged %s below sequence %d, but cannot count: %w", stream.DLQStream, upTo, err)
+		return 0, fmt.Errorf("purged %s below sequence %d, but cannot count: %w", DLQStream, upTo, err)
 	}
 	// The server does not return the count through this API; what was there, plus
 	// what arrived meanwhile, less what is left, is what went.
@@ -184,13 +241,13 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 
 // dlqState returns REFRESH_DLQ and its state.
 func dlqState(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, jetstream.StreamState, error) {
-	s, err := js.Stream(ctx, stream.DLQStream)
+	s, err := js.Stream(ctx, DLQStream)
 	if err != nil {
-		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", stream.DLQStream, err)
+		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", DLQStream, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", stream.DLQStream, err)
+		return nil, jetstream.StreamState{}, fmt.Errorf("stream %s: %w", DLQStream, err)
 	}
 	return s, info.State, nil
 }
