@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -15,15 +14,7 @@ import (
 // MaxDeliveriesSubject is where JetStream announces that a message of the shared
 // durable ran out of deliveries without any handler settling it (for instance a process
 // that crashes on it every time).
-var MaxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + stream.Stream + "." + Durable
-
-// maxDeliveriesAdvisory is the part of the advisory we use.
-type maxDeliveriesAdvisory struct {
-	Stream     string `json:"stream"`
-	Consumer   string `json:"consumer"`
-	StreamSeq  uint64 `json:"stream_seq"`
-	Deliveries uint64 `json:"deliveries"`
-}
+var MaxDeliveriesSubject = stream.MaxDeliveriesSubject(stream.Stream, Durable)
 
 // WatchMaxDeliveries copies every message the durable gives up on to REFRESH_DLQ with
 // reason max_deliveries, until ctx ends. Every consume process watches; the copy's
@@ -41,8 +32,8 @@ func (c *Consumer) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn) error 
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			var adv maxDeliveriesAdvisory
-			if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
+			adv, err := stream.ParseMaxDeliveriesAdvisory(m.Data)
+			if err != nil {
 				c.log.Warn("unreadable max-deliveries advisory", "error", err)
 				continue
 			}
@@ -54,7 +45,7 @@ func (c *Consumer) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn) error 
 }
 
 // copyExhausted fetches the original message by sequence and dead-letters it.
-func (c *Consumer) copyExhausted(ctx context.Context, adv maxDeliveriesAdvisory) error {
+func (c *Consumer) copyExhausted(ctx context.Context, adv stream.MaxDeliveriesAdvisory) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	s, err := c.js.Stream(ctx, stream.Stream)
