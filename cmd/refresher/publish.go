@@ -107,10 +107,8 @@ client had already used: they were published under an id of their own.`,
 			if err != nil {
 				return err
 			}
-			if pc.Window > streams.DuplicateWindow {
-				// Beyond the dedupe window, a twin publisher later in the same period would
-				// no longer be recognised as a duplicate.
-				return &config.Error{Err: fmt.Errorf("publish window %s exceeds REFRESHER_STREAM_DUPLICATE_WINDOW (%s)", pc.Window, streams.DuplicateWindow)}
+			if err := publisher.CheckWindow(pc.Window, streams); err != nil {
+				return &config.Error{Err: err}
 			}
 			natsURL, err := config.NATSURL()
 			if err != nil {
