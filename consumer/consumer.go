@@ -20,7 +20,6 @@ import (
 
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
-	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
 )
 
@@ -142,7 +141,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// A cluster being elected (or restarted) is waited for: not ready yet is not a
 	// reason to exit, and /readyz says 503 meanwhile.
 	var iter jetstream.MessagesContext
-	err := publisher.SetupRetry(ctx, c.log, "bind to the durable "+Durable, func(ctx context.Context) error {
+	err := stream.SetupRetry(ctx, c.log, "bind to the durable "+Durable, func(ctx context.Context) error {
 		cons, err := c.Bind(ctx)
 		if err != nil {
 			return err

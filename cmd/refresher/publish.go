@@ -154,7 +154,7 @@ client had already used: they were published under an id of their own.`,
 			if !cmd.Flags().Changed("every") {
 				setupCtx, cancelSetup = context.WithTimeout(cmd.Context(), oneShotSetupWait)
 			}
-			err = publisher.SetupRetry(setupCtx, e.log, "create the streams", func(ctx context.Context) error {
+			err = stream.SetupRetry(setupCtx, e.log, "create the streams", func(ctx context.Context) error {
 				return stream.EnsureStreams(ctx, p.JetStream(), streams)
 			})
 			cancelSetup()
