@@ -52,6 +52,73 @@ type DeadLetter struct {
 	OriginalSequence uint64 `json:"original_sequence,omitempty"`
 }
 
+// DeadLetterID is the dedupe id of the dead-letter copy of the message at stream
+// sequence seq: whoever copies it (a handler, a retry, the max-deliveries advisory
+// listener), REFRESH_DLQ keeps one.
+func DeadLetterID(seq uint64) string { return "dlq-" + strconv.FormatUint(seq, 10) }
+
+// DeadLetterMsg builds the REFRESH_DLQ copy of a request: same headers, the subject
+// prefixed with DLQPrefix, why it died, and the body, cut to DeadLetterBodyBytes
+// (with its size in HeaderBodyTruncated) when longer. The reason is kept to one
+// printable line of bounded length, as a header must be.
+func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, deliveries, seq uint64) *nats.Msg {
+	dl := nats.NewMsg(DeadLetterSubject(subject))
+	for k, vs := range hdr {
+		if k == jetstream.MsgIDHeader || strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		for _, v := range vs {
+			dl.Header.Add(k, v)
+		}
+	}
+	dl.Header.Set(jetstream.MsgIDHeader, DeadLetterID(seq))
+	dl.Header.Set(HeaderOriginalSubject, subject)
+	dl.Header.Set(HeaderReason, headerSafe(reason))
+	dl.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
+	dl.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
+	dl.Header.Set(HeaderDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
+	if len(data) > DeadLetterBodyBytes {
+		dl.Header.Set(HeaderBodyTruncated, strconv.Itoa(len(data)))
+		data = data[:DeadLetterBodyBytes]
+	}
+	dl.Data = data
+	return dl
+}
+
+// headerSafe keeps a reason on one printable line of bounded length.
+func headerSafe(s string) string {
+	if len(s) > 512 {
+		s = s[:512]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// ReadDeadLetter reads back what DeadLetterMsg wrote in the subject and headers of a
+// dead letter. Sequence and Time are REFRESH_DLQ's, not the message's, and are left
+// zero; so are Deliveries and OriginalSequence when their headers are missing or
+// unreadable (a dead letter published by hand).
+func ReadDeadLetter(subject string, hdr nats.Header) DeadLetter {
+	dl := DeadLetter{OriginalSubject: OriginalSubject(subject, hdr), Reason: hdr.Get(HeaderReason)}
+	dl.Deliveries, _ = strconv.ParseUint(hdr.Get(HeaderDeliveries), 10, 64)
+	dl.OriginalSequence, _ = strconv.ParseUint(hdr.Get(HeaderStreamSeq), 10, 64)
+	return dl
+}
+
+// OriginalSubject is the subject the request of a dead letter was published to: its
+// HeaderOriginalSubject, or, when a dead letter lacks it, its own subject less
+// DLQPrefix.
+func OriginalSubject(subject string, hdr nats.Header) string {
+	if orig := hdr.Get(HeaderOriginalSubject); orig != "" {
+		return orig
+	}
+	return strings.TrimPrefix(subject, DLQPrefix)
+}
+
 // ListDeadLetters calls fn, oldest first, for each of the last limit dead letters in
 // REFRESH_DLQ (every one when limit is 0), as of the call. It holds at most limit
 // dead letters in memory, none when limit is 0. An error from fn stops the listing
@@ -131,73 +198,6 @@ func deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata) DeadLetter {
 	dl := ReadDeadLetter(msg.Subject(), msg.Headers())
 	dl.Sequence, dl.Time = meta.Sequence.Stream, meta.Timestamp
 	return dl
-}
-
-// ReadDeadLetter reads back what DeadLetterMsg wrote in the subject and headers of a
-// dead letter. Sequence and Time are REFRESH_DLQ's, not the message's, and are left
-// zero; so are Deliveries and OriginalSequence when their headers are missing or
-// unreadable (a dead letter published by hand).
-func ReadDeadLetter(subject string, hdr nats.Header) DeadLetter {
-	dl := DeadLetter{OriginalSubject: OriginalSubject(subject, hdr), Reason: hdr.Get(HeaderReason)}
-	dl.Deliveries, _ = strconv.ParseUint(hdr.Get(HeaderDeliveries), 10, 64)
-	dl.OriginalSequence, _ = strconv.ParseUint(hdr.Get(HeaderStreamSeq), 10, 64)
-	return dl
-}
-
-// OriginalSubject is the subject the request of a dead letter was published to: its
-// HeaderOriginalSubject, or, when a dead letter lacks it, its own subject less
-// DLQPrefix.
-func OriginalSubject(subject string, hdr nats.Header) string {
-	if orig := hdr.Get(HeaderOriginalSubject); orig != "" {
-		return orig
-	}
-	return strings.TrimPrefix(subject, DLQPrefix)
-}
-
-// DeadLetterID is the dedupe id of the dead-letter copy of the message at stream
-// sequence seq: whoever copies it (a handler, a retry, the max-deliveries advisory
-// listener), REFRESH_DLQ keeps one.
-func DeadLetterID(seq uint64) string { return "dlq-" + strconv.FormatUint(seq, 10) }
-
-// DeadLetterMsg builds the REFRESH_DLQ copy of a request: same headers, the subject
-// prefixed with DLQPrefix, why it died, and the body, cut to DeadLetterBodyBytes
-// (with its size in HeaderBodyTruncated) when longer. The reason is kept to one
-// printable line of bounded length, as a header must be.
-func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, deliveries, seq uint64) *nats.Msg {
-	dl := nats.NewMsg(DeadLetterSubject(subject))
-	for k, vs := range hdr {
-		if k == jetstream.MsgIDHeader || strings.HasPrefix(k, "Nats-") {
-			continue
-		}
-		for _, v := range vs {
-			dl.Header.Add(k, v)
-		}
-	}
-	dl.Header.Set(jetstream.MsgIDHeader, DeadLetterID(seq))
-	dl.Header.Set(HeaderOriginalSubject, subject)
-	dl.Header.Set(HeaderReason, headerSafe(reason))
-	dl.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
-	dl.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
-	dl.Header.Set(HeaderDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
-	if len(data) > DeadLetterBodyBytes {
-		dl.Header.Set(HeaderBodyTruncated, strconv.Itoa(len(data)))
-		data = data[:DeadLetterBodyBytes]
-	}
-	dl.Data = data
-	return dl
-}
-
-// headerSafe keeps a reason on one printable line of bounded length.
-func headerSafe(s string) string {
-	if len(s) > 512 {
-		s = s[:512]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
 }
 
 // PurgeDeadLetters removes the dead letters REFRESH_DLQ stored before before (every

@@ -113,6 +113,7 @@ type StreamDiff struct {
 	Have, Want      string // as the stream has it, as configured
 }
 
+// String is the difference as `refresher streams` prints it: "REFRESH max_age: 72h0m0s -> 1h0m0s".
 func (d StreamDiff) String() string {
 	return fmt.Sprintf("%s %s: %s -> %s", d.Stream, d.Setting, d.Have, d.Want)
 }
