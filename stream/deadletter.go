@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -237,6 +238,28 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 	// what arrived meanwhile, less what is left, is what went.
 	arrived := after.State.LastSeq - st.LastSeq
 	return st.Msgs + arrived - min(after.State.Msgs, st.Msgs+arrived), nil
+}
+
+// DeleteDeadLetters deletes the dead letters of REFRESH_DLQ at sequences seqs (the
+// ones an operator picked from a listing) and returns how many it deleted: those
+// already gone, purged or expired since they were listed, are not counted.
+func DeleteDeadLetters(ctx context.Context, js jetstream.JetStream, seqs []uint64) (int, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", DLQStream, err)
+	}
+	n := 0
+	for _, seq := range seqs {
+		err := s.DeleteMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("delete dead letter %d: %w", seq, err)
+		}
+		n++
+	}
+	return n, nil
 }
 
 // dlqState returns REFRESH_DLQ and its state.

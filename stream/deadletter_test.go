@@ -165,3 +165,23 @@ func TestReadDeadLetterByHand(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteDeadLetters: the picked dead letters go; those already gone, or never
+// there, are not counted, and the others stay.
+func TestDeleteDeadLetters(t *testing.T) {
+	_, js := newJetStream(t)
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		if _, err := js.PublishMsg(ctx, stream.DeadLetterMsg(fmt.Sprintf("refresh.github.%d", i), nil, nil, "malformed: test", 1, uint64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := stream.DeleteDeadLetters(ctx, js, []uint64{1, 2, 99, 2})
+	if err != nil || n != 2 {
+		t.Fatalf("DeleteDeadLetters = %d, %v; want 2 deleted", n, err)
+	}
+	left := fleettest.ListDeadLetters(t, js, 0)
+	if len(left) != 1 || left[0].Sequence != 3 || left[0].OriginalSubject != "refresh.github.3" {
+		t.Fatalf("left %+v, want dead letter 3 only", left)
+	}
+}

@@ -340,20 +340,5 @@ func requestOf(raw *jetstream.RawStreamMsg) (model.Key, time.Time, error) {
 // PurgeDeadLetters deletes the dead letters seqs from REFRESH_DLQ and returns how
 // many it deleted (those already gone are not counted).
 func (c *Console) PurgeDeadLetters(ctx context.Context, seqs []uint64) (int, error) {
-	s, err := c.js.Stream(ctx, stream.DLQStream)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, seq := range seqs {
-		err := s.DeleteMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
-			continue
-		}
-		if err != nil {
-			return n, fmt.Errorf("delete dead letter %d: %w", seq, err)
-		}
-		n++
-	}
-	return n, nil
+	return stream.DeleteDeadLetters(ctx, c.js, seqs)
 }
