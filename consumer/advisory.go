@@ -2,28 +2,19 @@ package consumer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // MaxDeliveriesSubject is where JetStream announces that a message of one of the
 // fleet's durables ran out of deliveries without any handler settling it (for instance
 // a process that crashes on it every time).
-var MaxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + publisher.Stream + ".*"
-
-// maxDeliveriesAdvisory is the part of the advisory we use.
-type maxDeliveriesAdvisory struct {
-	Stream     string `json:"stream"`
-	Consumer   string `json:"consumer"`
-	StreamSeq  uint64 `json:"stream_seq"`
-	Deliveries uint64 `json:"deliveries"`
-}
+var MaxDeliveriesSubject = stream.MaxDeliveriesSubjects(stream.Stream)
 
 // WatchMaxDeliveries copies every message the durable gives up on to REFRESH_DLQ with
 // reason max_deliveries, until ctx ends. Every consume process watches; the copy's
@@ -41,8 +32,8 @@ func (c *Consumer) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn) error 
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			var adv maxDeliveriesAdvisory
-			if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
+			adv, err := stream.ParseMaxDeliveriesAdvisory(m.Data)
+			if err != nil {
 				c.log.Warn("unreadable max-deliveries advisory", "error", err)
 				continue
 			}
@@ -54,22 +45,22 @@ func (c *Consumer) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn) error 
 }
 
 // copyExhausted fetches the original message by sequence and dead-letters it.
-func (c *Consumer) copyExhausted(ctx context.Context, adv maxDeliveriesAdvisory) error {
+func (c *Consumer) copyExhausted(ctx context.Context, adv stream.MaxDeliveriesAdvisory) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	stream, err := c.js.Stream(ctx, publisher.Stream)
+	s, err := c.js.Stream(ctx, stream.Stream)
 	if err != nil {
 		return err
 	}
-	orig, err := stream.GetMsg(ctx, adv.StreamSeq)
+	orig, err := s.GetMsg(ctx, adv.StreamSeq)
 	if err != nil {
 		return fmt.Errorf("fetch message %d: %w", adv.StreamSeq, err)
 	}
-	dl := DeadLetterMsg(orig.Subject, orig.Data, orig.Header,
+	dl := stream.DeadLetterMsg(orig.Subject, orig.Data, orig.Header,
 		fmt.Sprintf("max_deliveries: delivered %d times without being settled", adv.Deliveries), adv.Deliveries, adv.StreamSeq)
 	ack, err := c.js.PublishMsg(ctx, dl)
 	if err != nil {
-		return fmt.Errorf("copy message %d to %s: %w", adv.StreamSeq, publisher.DLQStream, err)
+		return fmt.Errorf("copy message %d to %s: %w", adv.StreamSeq, stream.DLQStream, err)
 	}
 	c.log.Debug("max-deliveries advisory handled", "stream_seq", adv.StreamSeq, "duplicate", ack.Duplicate)
 	if !ack.Duplicate {

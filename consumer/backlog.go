@@ -8,8 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // OldestRequest returns when the oldest request of service that its durable has not
@@ -17,7 +16,7 @@ import (
 // its circuit open, requests wait in the stream, and the stream drops them once they
 // are older than its MaxAge: this is how close that is.
 func OldestRequest(ctx context.Context, js jetstream.JetStream, service string) (at time.Time, ok bool, err error) {
-	cons, err := js.Consumer(ctx, publisher.Stream, ServiceDurable(service))
+	cons, err := js.Consumer(ctx, stream.Stream, ServiceDurable(service))
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return time.Time{}, false, nil
 	}
@@ -31,12 +30,12 @@ func OldestRequest(ctx context.Context, js jetstream.JetStream, service string) 
 	if info.NumPending == 0 && info.NumAckPending == 0 {
 		return time.Time{}, false, nil
 	}
-	s, err := js.Stream(ctx, publisher.Stream)
+	s, err := js.Stream(ctx, stream.Stream)
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("stream %s: %w", publisher.Stream, err)
+		return time.Time{}, false, fmt.Errorf("stream %s: %w", stream.Stream, err)
 	}
 	// The first request of the service past the ack floor is not acknowledged.
-	m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(model.SubjectPrefix+"."+service+".>"))
+	m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(stream.SubjectPrefix+"."+service+".>"))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return time.Time{}, false, nil
 	}
@@ -70,7 +69,7 @@ func (c *Consumer) watchBacklog(ctx context.Context) {
 		case <-t.C:
 		}
 		maxAge := c.streams.MaxAge
-		if s, err := c.js.Stream(ctx, publisher.Stream); err == nil {
+		if s, err := c.js.Stream(ctx, stream.Stream); err == nil {
 			maxAge = s.CachedInfo().Config.MaxAge
 		}
 		for name := range c.providers {

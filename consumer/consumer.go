@@ -24,13 +24,13 @@ import (
 	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Consumer is one consume process's worker pool.
 type Consumer struct {
 	cfg       Config
-	streams   publisher.StreamConfig
+	streams   stream.StreamConfig
 	db        *bun.DB
 	js        jetstream.JetStream
 	providers map[string]provider.Refresher
@@ -72,7 +72,7 @@ func WithLogger(l *slog.Logger) Option { return func(c *Consumer) { c.log = l } 
 func WithKeyring(k *model.Keyring) Option { return func(c *Consumer) { c.keyring = k } }
 
 // WithStreamConfig sets how the streams are created (default DefaultStreamConfig).
-func WithStreamConfig(sc publisher.StreamConfig) Option {
+func WithStreamConfig(sc stream.StreamConfig) Option {
 	return func(c *Consumer) { c.streams = sc }
 }
 
@@ -97,7 +97,7 @@ func New(db *bun.DB, nc *nats.Conn, providers map[string]provider.Refresher, cfg
 	}
 	c := &Consumer{
 		cfg:       cfg,
-		streams:   publisher.DefaultStreamConfig(),
+		streams:   stream.DefaultStreamConfig(),
 		db:        db,
 		js:        js,
 		providers: providers,
@@ -140,16 +140,16 @@ func ServiceDurable(service string) string { return Durable + "-" + service }
 // requests no service's durable takes (unknown services, malformed subjects). It
 // returns the service durables by service.
 func (c *Consumer) Bind(ctx context.Context) (map[string]jetstream.Consumer, error) {
-	if err := publisher.EnsureStreams(ctx, c.js, c.streams); err != nil {
+	if err := stream.EnsureStreams(ctx, c.js, c.streams); err != nil {
 		return nil, err
 	}
 	// A new service durable starts where the shared one stands: a fleet upgraded from
 	// one durable for all services neither loses nor replays its history.
 	var floor uint64
-	if shared, err := c.js.Consumer(ctx, publisher.Stream, Durable); err == nil {
+	if shared, err := c.js.Consumer(ctx, stream.Stream, Durable); err == nil {
 		floor = shared.CachedInfo().AckFloor.Stream
 	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, fmt.Errorf("look up consumer %s on %s: %w", Durable, publisher.Stream, err)
+		return nil, fmt.Errorf("look up consumer %s on %s: %w", Durable, stream.Stream, err)
 	}
 	out := make(map[string]jetstream.Consumer, len(c.providers))
 	for name := range c.providers {
@@ -159,9 +159,9 @@ func (c *Consumer) Bind(ctx context.Context) (map[string]jetstream.Consumer, err
 		}
 		out[name] = cons
 	}
-	if _, err := c.js.CreateOrUpdateConsumer(ctx, publisher.Stream, c.durableConfig(Durable, publisher.StreamSubjects,
+	if _, err := c.js.CreateOrUpdateConsumer(ctx, stream.Stream, c.durableConfig(Durable, stream.StreamSubjects,
 		"refresher fleet: requests that no service's durable takes (unknown services, malformed subjects)")); err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", Durable, publisher.Stream, err)
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", Durable, stream.Stream, err)
 	}
 	return out, nil
 }
@@ -169,9 +169,9 @@ func (c *Consumer) Bind(ctx context.Context) (map[string]jetstream.Consumer, err
 // bindService creates or updates one service's durable; a new one starts after floor.
 func (c *Consumer) bindService(ctx context.Context, service string, floor uint64) (jetstream.Consumer, error) {
 	name := ServiceDurable(service)
-	cfg := c.durableConfig(name, model.SubjectPrefix+"."+service+".>", "refresher fleet: refresh requests of "+service)
+	cfg := c.durableConfig(name, stream.SubjectPrefix+"."+service+".>", "refresher fleet: refresh requests of "+service)
 	for attempt := 0; ; attempt++ {
-		existing, err := c.js.Consumer(ctx, publisher.Stream, name)
+		existing, err := c.js.Consumer(ctx, stream.Stream, name)
 		switch {
 		case err == nil:
 			// Where a durable started is fixed once it exists.
@@ -180,16 +180,16 @@ func (c *Consumer) bindService(ctx context.Context, service string, floor uint64
 		case errors.Is(err, jetstream.ErrConsumerNotFound) && floor > 0:
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
 		case !errors.Is(err, jetstream.ErrConsumerNotFound):
-			return nil, fmt.Errorf("look up consumer %s on %s: %w", name, publisher.Stream, err)
+			return nil, fmt.Errorf("look up consumer %s on %s: %w", name, stream.Stream, err)
 		}
-		cons, err := c.js.CreateOrUpdateConsumer(ctx, publisher.Stream, cfg)
+		cons, err := c.js.CreateOrUpdateConsumer(ctx, stream.Stream, cfg)
 		if err == nil {
 			return cons, nil
 		}
 		if attempt == 0 {
 			continue // another process created it meanwhile: take its start
 		}
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", name, publisher.Stream, err)
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", name, stream.Stream, err)
 	}
 }
 
@@ -227,12 +227,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 		services map[string]jetstream.Consumer
 		strays   jetstream.MessagesContext
 	)
-	err := publisher.SetupRetry(ctx, c.log, "bind to the durables", func(ctx context.Context) error {
+	err := stream.SetupRetry(ctx, c.log, "bind to the durables", func(ctx context.Context) error {
 		var err error
 		if services, err = c.Bind(ctx); err != nil {
 			return err
 		}
-		shared, err := c.js.Consumer(ctx, publisher.Stream, Durable)
+		shared, err := c.js.Consumer(ctx, stream.Stream, Durable)
 		if err != nil {
 			return fmt.Errorf("consumer %s: %w", Durable, err)
 		}
@@ -270,7 +270,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		names = append(names, ServiceDurable(name))
 	}
 	slices.Sort(names)
-	c.log.Info("consuming", "stream", publisher.Stream, "durables", strings.Join(names, ","), "shared_durable", Durable, "owner", c.owner,
+	c.log.Info("consuming", "stream", stream.Stream, "durables", strings.Join(names, ","), "shared_durable", Durable, "owner", c.owner,
 		"concurrency", c.cfg.Concurrency, "batch_size", c.cfg.BatchSize,
 		"db_max_conns", c.db.DB.Stats().MaxOpenConnections, "claim_ttl", c.cfg.claimTTL(), "owner_ttl", c.cfg.OwnerTTL, "recovery_time", c.cfg.RecoveryTime())
 

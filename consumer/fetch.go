@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // fetchWait is how long one pull waits for requests on a quiet stream.
@@ -184,7 +184,7 @@ func (c *Consumer) serveStrays(iter jetstream.MessagesContext, handlers *sync.Wa
 // servedSubject returns the service of a subject a service durable would take:
 // refresh.<service>.<anything>.
 func servedSubject(subject string) (string, bool) {
-	rest, ok := strings.CutPrefix(subject, model.SubjectPrefix+".")
+	rest, ok := strings.CutPrefix(subject, stream.SubjectPrefix+".")
 	if !ok {
 		return "", false
 	}
@@ -220,7 +220,7 @@ func (d *durables) exists(service string) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := d.c.js.Consumer(ctx, publisher.Stream, ServiceDurable(service))
+	_, err := d.c.js.Consumer(ctx, stream.Stream, ServiceDurable(service))
 	exists := !errors.Is(err, jetstream.ErrConsumerNotFound)
 	d.seen[service] = durableAnswer{exists: exists, at: time.Now()}
 	return exists

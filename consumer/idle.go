@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // WaitIdle polls the fleet's durables until every request stored before the call is
@@ -22,7 +22,7 @@ func WaitIdle(ctx context.Context, js jetstream.JetStream, poll time.Duration) e
 	defer t.Stop()
 	var target uint64
 	for target == 0 {
-		s, err := js.Stream(ctx, publisher.Stream)
+		s, err := js.Stream(ctx, stream.Stream)
 		if err == nil {
 			var info *jetstream.StreamInfo
 			if info, err = s.Info(ctx); err == nil {
@@ -65,7 +65,7 @@ func WaitIdle(ctx context.Context, js jetstream.JetStream, poll time.Duration) e
 // and no durable of the fleet has any request pending, awaiting an ack or waiting for
 // redelivery; busy is the first durable found busy.
 func fleetIdle(ctx context.Context, js jetstream.JetStream, target uint64) (idle bool, busy *jetstream.ConsumerInfo, err error) {
-	s, err := js.Stream(ctx, publisher.Stream)
+	s, err := js.Stream(ctx, stream.Stream)
 	if err != nil {
 		return false, nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // txObserver counts the consumer's short transactions (claims and commits).
@@ -35,7 +36,7 @@ func consumerInfo(t *testing.T, env *fleettest.Env) *jetstream.ConsumerInfo {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cons, err := env.JS().Consumer(ctx, publisher.Stream, consumer.ServiceDurable("github"))
+	cons, err := env.JS().Consumer(ctx, stream.Stream, consumer.ServiceDurable("github"))
 	if err != nil {
 		t.Fatal(err)
 	}

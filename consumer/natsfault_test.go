@@ -7,6 +7,7 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // runThroughNATSFault publishes two rounds of requests for rows credentials while
@@ -69,7 +70,7 @@ func TestStreamLeaderFailover(t *testing.T) {
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond, ClusterSize: 3, BatchSize: batch})
 		runThroughNATSFault(t, env, 200, func() {
-			leader := env.Cluster.StreamLeader("$G", publisher.Stream)
+			leader := env.Cluster.StreamLeader("$G", stream.Stream)
 			if leader == nil {
 				t.Fatal("no stream leader")
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/refresher/refresher/internal/metrics"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // tokenShape matches any token the fake provider issues, and the planted one.
@@ -168,7 +169,7 @@ func assertNoToken(t *testing.T, env *fleettest.Env, outputs map[string]string) 
 func deadLetterTexts(t *testing.T, env *fleettest.Env) []string {
 	t.Helper()
 	var out []string
-	for _, m := range fleettest.StreamMessages(t, env.JS(), publisher.DLQStream) {
+	for _, m := range fleettest.StreamMessages(t, env.JS(), stream.DLQStream) {
 		var b strings.Builder
 		b.WriteString(m.Subject + "\n")
 		for k, vs := range m.Header {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // httpShutdownTimeout mirrors cmd/refresher's: after draining, consume waits up to this
@@ -278,8 +278,8 @@ func checkScaledObject(d document, consumes []workload, scaled map[string]bool) 
 		}
 		triggers++
 		md := getMap(t, "metadata")
-		if s := getString(md, "stream"); s != publisher.Stream {
-			bad("nats-jetstream trigger: stream %q, refresher's is %q", s, publisher.Stream)
+		if s := getString(md, "stream"); s != stream.Stream {
+			bad("nats-jetstream trigger: stream %q, refresher's is %q", s, stream.Stream)
 		}
 		if c := getString(md, "consumer"); !strings.HasPrefix(c, consumer.Durable+"-") || model.ValidateService(strings.TrimPrefix(c, consumer.Durable+"-")) != nil {
 			bad("nats-jetstream trigger: consumer %q, refresher's durables are %q", c, consumer.ServiceDurable("<service>"))

@@ -8,7 +8,9 @@ import (
 	"strings"
 )
 
-// SubjectPrefix is the first token of every refresh request subject.
+// SubjectPrefix is the first token of every refresh request subject:
+// refresh.<service>.<id>. It lives here, with the parsing, so that model knows no
+// NATS; package stream builds the streams' subjects from it.
 const SubjectPrefix = "refresh"
 
 // ErrBadSubject is returned for a subject that is not refresh.<service>.<id>.

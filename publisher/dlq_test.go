@@ -8,25 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
-
-// listDeadLetters returns every dead letter ListDeadLetters yields for limit.
-func listDeadLetters(t *testing.T, env *fleettest.Env, limit int) []publisher.DeadLetter {
-	t.Helper()
-	var out []publisher.DeadLetter
-	err := publisher.ListDeadLetters(context.Background(), env.JS(), limit, func(dl publisher.DeadLetter) error {
-		out = append(out, dl)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // TestDeadLetterLifecycle: garbage and a provider outage produce dead letters; they
 // are listed with what died, when, why and after how many deliveries; replaying them
@@ -53,7 +38,7 @@ func TestDeadLetterLifecycle(t *testing.T) {
 	fleettest.Eventually(t, 30*time.Second, "6 dead letters", func() bool { return len(env.DeadLetters()) == 6 })
 	env.WaitIdle(30 * time.Second)
 
-	all := listDeadLetters(t, env, 0)
+	all := fleettest.ListDeadLetters(t, js, 0)
 	if len(all) != 6 {
 		t.Fatalf("listed %d dead letters, want 6: %+v", len(all), all)
 	}
@@ -92,10 +77,10 @@ func TestDeadLetterLifecycle(t *testing.T) {
 		t.Errorf("outage dead letters for %q, want %q", outage, requested)
 	}
 	// A limit lists the newest, still oldest first.
-	if got := listDeadLetters(t, env, 2); len(got) != 2 || got[0] != all[4] || got[1] != all[5] {
+	if got := fleettest.ListDeadLetters(t, js, 2); len(got) != 2 || got[0] != all[4] || got[1] != all[5] {
 		t.Fatalf("limit 2 listed %+v, want the last two of %+v", got, all)
 	}
-	if got := listDeadLetters(t, env, 10); len(got) != 6 {
+	if got := fleettest.ListDeadLetters(t, js, 10); len(got) != 6 {
 		t.Fatalf("limit 10 listed %d, want all 6", len(got))
 	}
 
@@ -107,7 +92,7 @@ func TestDeadLetterLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := publisher.ReplayResult{Stream: publisher.DLQStream, Read: 6, Distinct: 4, Skipped: 2, Republished: 4}
+	want := publisher.ReplayResult{Stream: stream.DLQStream, Read: 6, Distinct: 4, Skipped: 2, Republished: 4}
 	if res != want {
 		t.Fatalf("DLQ replay = %+v, want %+v", res, want)
 	}
@@ -127,14 +112,14 @@ func TestDeadLetterLifecycle(t *testing.T) {
 	}
 
 	// Purge by age: the two garbage letters are older than the cutoff.
-	n, err := publisher.PurgeDeadLetters(ctx, js, cutoff)
+	n, err := stream.PurgeDeadLetters(ctx, js, cutoff)
 	if err != nil || n != 2 {
 		t.Fatalf("purge before cutoff removed %d (%v), want 2", n, err)
 	}
-	if got := listDeadLetters(t, env, 0); len(got) != 4 || got[0] != all[2] {
+	if got := fleettest.ListDeadLetters(t, js, 0); len(got) != 4 || got[0] != all[2] {
 		t.Fatalf("after purging by age: %+v, want the last 4 of %+v", got, all)
 	}
-	if n, err := publisher.PurgeDeadLetters(ctx, js, cutoff); err != nil || n != 0 {
+	if n, err := stream.PurgeDeadLetters(ctx, js, cutoff); err != nil || n != 0 {
 		t.Fatalf("second purge before cutoff removed %d (%v), want 0", n, err)
 	}
 	// Dead letters leave on purpose: replaying from before the oldest one left is fine.
@@ -142,78 +127,13 @@ func TestDeadLetterLifecycle(t *testing.T) {
 		t.Fatalf("DLQ replay after a purge = %+v, %v; want 4 read", res, err)
 	}
 	// Purge all.
-	if n, err := publisher.PurgeDeadLetters(ctx, js, time.Time{}); err != nil || n != 4 {
+	if n, err := stream.PurgeDeadLetters(ctx, js, time.Time{}); err != nil || n != 4 {
 		t.Fatalf("purge all removed %d (%v), want 4", n, err)
 	}
-	if got := listDeadLetters(t, env, 0); len(got) != 0 {
+	if got := fleettest.ListDeadLetters(t, js, 0); len(got) != 0 {
 		t.Fatalf("after purging all: %+v", got)
 	}
-	if n, err := publisher.PurgeDeadLetters(ctx, js, time.Time{}); err != nil || n != 0 {
+	if n, err := stream.PurgeDeadLetters(ctx, js, time.Time{}); err != nil || n != 0 {
 		t.Fatalf("purging an empty DLQ removed %d (%v)", n, err)
-	}
-}
-
-// TestListDeadLettersLimit: a limit lists the newest dead letters, oldest first, even
-// when some in between were deleted by hand; a dead letter without the original-subject
-// header is listed by its own subject less "dlq.".
-func TestListDeadLettersLimit(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{})
-	env.Publisher()
-	ctx := context.Background()
-	js := env.JS()
-	for i := 1; i <= 6; i++ {
-		m := nats.NewMsg(fmt.Sprintf("dlq.refresh.github.%d", i))
-		if i != 6 {
-			m.Header.Set(publisher.HeaderOriginalSubject, fmt.Sprintf("refresh.github.%d", i))
-			m.Header.Set(publisher.HeaderDeliveries, "3")
-		}
-		if _, err := js.PublishMsg(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s, err := js.Stream(ctx, publisher.DLQStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteMsg(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		limit int
-		want  []uint64
-	}{
-		{0, []uint64{1, 3, 4, 5, 6}},
-		{2, []uint64{5, 6}},
-		{3, []uint64{4, 5, 6}},
-		{5, []uint64{1, 3, 4, 5, 6}},
-		{10, []uint64{1, 3, 4, 5, 6}},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprint(tt.limit), func(t *testing.T) {
-			got := listDeadLetters(t, env, tt.limit)
-			var seqs []uint64
-			for _, dl := range got {
-				seqs = append(seqs, dl.Sequence)
-				if want := fmt.Sprintf("refresh.github.%d", dl.Sequence); dl.OriginalSubject != want {
-					t.Errorf("dead letter %d: original subject %q, want %q", dl.Sequence, dl.OriginalSubject, want)
-				}
-			}
-			if !slices.Equal(seqs, tt.want) {
-				t.Fatalf("limit %d listed %v, want %v", tt.limit, seqs, tt.want)
-			}
-			if last := got[len(got)-1]; last.Deliveries != 0 {
-				t.Errorf("unrecorded deliveries listed as %d", last.Deliveries)
-			}
-		})
-	}
-}
-
-// TestListDeadLettersBadLimit: a negative limit is refused.
-func TestListDeadLettersBadLimit(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{})
-	env.Publisher()
-	err := publisher.ListDeadLetters(context.Background(), env.JS(), -1, func(publisher.DeadLetter) error { return nil })
-	if err == nil || !strings.Contains(err.Error(), "limit -1") {
-		t.Fatalf("ListDeadLetters(-1) = %v, want an error naming the limit", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/refresher/refresher/internal/natsconn"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // outage is how long the outage tests keep the server down: longer than the ack
@@ -90,7 +91,7 @@ func TestForeignMessageTakesDedupeID(t *testing.T) {
 func requestsFor(t *testing.T, js jetstream.JetStream, key model.Key) int {
 	t.Helper()
 	n := 0
-	for _, m := range fleettest.StreamMessages(t, js, publisher.Stream) {
+	for _, m := range fleettest.StreamMessages(t, js, stream.Stream) {
 		if _, berr := model.ParseBody(m.Data); m.Subject == key.Subject() && berr == nil {
 			n++
 		}
@@ -388,7 +389,7 @@ func TestReplayOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	js := env.JS()
-	before := streamState(t, js, publisher.Stream).LastSeq
+	before := streamState(t, js, stream.Stream).LastSeq
 	half := make(chan struct{})
 	var once sync.Once
 	p := env.Publisher()
@@ -419,12 +420,12 @@ func TestReplayOutage(t *testing.T) {
 	if took > recovered {
 		t.Errorf("replay done %s after the restart, want under %s", took, recovered)
 	}
-	want := publisher.ReplayResult{Stream: publisher.Stream, Read: n, Distinct: n, Republished: n}
+	want := publisher.ReplayResult{Stream: stream.Stream, Read: n, Distinct: n, Republished: n}
 	if o.err != nil || o.res != want {
 		t.Fatalf("replay %+v, %v; want %+v", o.res, o.err, want)
 	}
 	seen := map[string]int{}
-	for _, m := range msgsAfter(t, js, publisher.Stream, before) {
+	for _, m := range msgsAfter(t, js, stream.Stream, before) {
 		seen[m.Subject]++
 	}
 	if len(seen) != n {
@@ -469,7 +470,7 @@ func TestDuplicateUncheckable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := publisher.EnsureStreams(context.Background(), p.JetStream(), publisher.DefaultStreamConfig()); err != nil {
+		if err := stream.EnsureStreams(context.Background(), p.JetStream(), stream.DefaultStreamConfig()); err != nil {
 			t.Fatal(err)
 		}
 		return p

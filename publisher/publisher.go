@@ -18,6 +18,7 @@ import (
 
 	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/stream"
 )
 
 // ErrNotPublished is returned when some messages were not confirmed as stored: refused
@@ -74,6 +75,18 @@ type Option func(*Publisher)
 // Publishers that share a window publish each row once per window. Zero disables the
 // dedupe id, so every call is a distinct request.
 func WithWindow(d time.Duration) Option { return func(p *Publisher) { p.window = d } }
+
+// CheckWindow refuses a schedule period (WithWindow) longer than the duplicate window
+// of streams. Dedupe ids only dedupe within that window: beyond it, a twin publisher
+// running later in the same period would not be recognised as a duplicate, and every
+// row would be requested twice. Call it with the configuration the streams were
+// created with, before publishing on a schedule.
+func CheckWindow(window time.Duration, streams stream.StreamConfig) error {
+	if window > streams.DuplicateWindow {
+		return fmt.Errorf("publish window %s exceeds REFRESHER_STREAM_DUPLICATE_WINDOW (%s)", window, streams.DuplicateWindow)
+	}
+	return nil
+}
 
 // WithMaxInFlight bounds how many publishes await their ack at once (default 1024).
 func WithMaxInFlight(n int) Option { return func(p *Publisher) { p.maxInFlight = n } }

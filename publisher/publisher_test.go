@@ -3,23 +3,22 @@ package publisher_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
 	t.Helper()
-	s, err := js.Stream(context.Background(), publisher.Stream)
+	s, err := js.Stream(context.Background(), stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,85 +191,5 @@ func TestPublishWithNATSDown(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "3 of 3") {
 		t.Fatalf("error %q does not say how many failed", err)
-	}
-}
-
-// TestEnsureStreamsNeverChangesAStream: a fleet restarting together calls
-// EnsureStreams from every process; it creates what is missing and never updates an
-// existing stream, even when one process is configured differently: that is a
-// warning with both values. ApplyStreams sends exactly the one update needed.
-func TestEnsureStreamsNeverChangesAStream(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{})
-	p := env.Publisher() // creates the streams
-	nc := env.Conn()
-	updates := make(chan struct{}, 10)
-	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.UPDATED.>", func(*nats.Msg) { updates <- struct{}{} })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	cfg := publisher.DefaultStreamConfig()
-	var logs fleettest.SyncBuffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	for range 3 {
-		if err := publisher.EnsureStreams(ctx, p.JetStream(), cfg, publisher.WithStreamLogger(log)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if logs.String() != "" {
-		t.Fatalf("logs with matching settings: %s", logs.String())
-	}
-	cfg.MaxAge = time.Hour
-	if err := publisher.EnsureStreams(ctx, p.JetStream(), cfg, publisher.WithStreamLogger(log)); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"level=WARN", "stream=REFRESH", "setting=max_age", "stream_value=72h0m0s", "configured=1h0m0s"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("warning lacks %q: %s", want, logs.String())
-		}
-	}
-	if s, err := p.JetStream().Stream(ctx, publisher.Stream); err != nil || s.CachedInfo().Config.MaxAge != 72*time.Hour {
-		t.Fatalf("REFRESH changed by EnsureStreams (err %v)", err)
-	}
-	diffs, err := publisher.ApplyStreams(ctx, p.JetStream(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(diffs) != 1 || diffs[0].String() != "REFRESH max_age: 72h0m0s -> 1h0m0s" {
-		t.Fatalf("ApplyStreams changed %v, want REFRESH max_age only", diffs)
-	}
-	fleettest.Eventually(t, 5*time.Second, "the update advisory", func() bool { return len(updates) >= 1 })
-	if diffs, err := publisher.ApplyStreams(ctx, p.JetStream(), cfg); err != nil || len(diffs) != 0 {
-		t.Fatalf("second ApplyStreams: %v, %v", diffs, err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if n := len(updates); n != 1 {
-		t.Fatalf("%d stream updates, want 1 (only the changed MaxAge, by ApplyStreams)", n)
-	}
-}
-
-// TestRequestSizeLimit: REFRESH refuses a message too large to be a request, and
-// stores one with a body at the consumer's limit.
-func TestRequestSizeLimit(t *testing.T) {
-	env := fleettest.New(t, fleettest.Options{})
-	p := env.Publisher()
-	ctx := context.Background()
-	ok := nats.NewMsg("refresh.github.1")
-	ok.Header.Set(jetstream.MsgIDHeader, "refresh.github.1@2026-01-01T00:00:00Z")
-	ok.Header.Set(model.HeaderRequestedAt, model.FormatRequestedAt(time.Now()))
-	ok.Data = []byte(`{"reason":"` + strings.Repeat("x", model.MaxBodyBytes-14) + `"}`)
-	if _, err := p.JetStream().PublishMsg(ctx, ok); err != nil {
-		t.Fatalf("a request with a %d-byte body: %v", len(ok.Data), err)
-	}
-	big := nats.NewMsg("refresh.github.2")
-	big.Data = make([]byte, publisher.RequestMaxMsgSize+1)
-	if _, err := p.JetStream().PublishMsg(ctx, big); err == nil {
-		t.Fatal("a message above RequestMaxMsgSize was stored")
 	}
 }

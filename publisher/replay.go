@@ -18,6 +18,7 @@ import (
 
 	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/stream"
 )
 
 // ErrBeforeStream is returned when a replay window starts before the oldest message
@@ -125,15 +126,15 @@ func (o ReplayOptions) Validate() error {
 }
 
 // streamAndFilter is the stream a replay reads and its subject filter.
-func (o ReplayOptions) streamAndFilter() (stream, filter string) {
-	stream, filter = Stream, StreamSubjects
+func (o ReplayOptions) streamAndFilter() (name, filter string) {
+	name, filter = stream.Stream, stream.StreamSubjects
 	if o.Service != "" {
-		filter = model.SubjectPrefix + "." + o.Service + ".*"
+		filter = stream.ServiceSubjects(o.Service)
 	}
 	if o.DLQ {
-		stream, filter = DLQStream, DLQPrefix+filter
+		name, filter = stream.DLQStream, stream.DeadLetterSubject(filter)
 	}
-	return stream, filter
+	return name, filter
 }
 
 // Replay re-requests the refreshes asked for in a window of REFRESH (or REFRESH_DLQ),
@@ -194,7 +195,7 @@ func (p *Publisher) Replay(ctx context.Context, opts ReplayOptions) (ReplayResul
 		progress = opts.Progress
 	}
 	from := opts.From
-	err = readStream(ctx, s, jetstream.OrderedConsumerConfig{
+	err = stream.ReadOrdered(ctx, s, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{filter},
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &from,
@@ -312,11 +313,7 @@ func replayRequest(msg jetstream.Msg, stored time.Time, dlq bool) (model.Key, ti
 	hdr := msg.Headers()
 	subject := msg.Subject()
 	if dlq {
-		if orig := hdr.Get(HeaderOriginalSubject); orig != "" {
-			subject = orig
-		} else {
-			subject = strings.TrimPrefix(subject, DLQPrefix)
-		}
+		subject = stream.OriginalSubject(subject, hdr)
 	}
 	key, err := model.ParseSubject(subject)
 	if err != nil {
@@ -376,96 +373,3 @@ func covers(name string, st jetstream.StreamState, from time.Time) error {
 
 // printTime prints t as status does: RFC 3339 in UTC, to the second.
 func printTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-
-// idleCheck is how long readStream waits for a message before asking the server
-// whether any are still to come (they may have expired while it read); after
-// maxIdleChecks in a row it gives up rather than wait forever on a stalled read.
-const (
-	idleCheck     = 2 * time.Second
-	maxIdleChecks = 15
-)
-
-// errStalled is returned by readStream when the server says messages are pending but
-// none arrive.
-var errStalled = errors.New("read stalled")
-
-// readStream reads s with an ordered consumer configured by cfg, up to and including
-// stream sequence last, and calls fn for each message with the number of messages the
-// consumer had pending when it started. fn returns false to stop early.
-func readStream(ctx context.Context, s jetstream.Stream, cfg jetstream.OrderedConsumerConfig, last uint64,
-	fn func(msg jetstream.Msg, meta *jetstream.MsgMetadata, total int) bool) error {
-	if cfg.MaxResetAttempts == 0 {
-		// The library's default is to recreate the consumer forever, ignoring ctx: a
-		// command against a server that went away would never return.
-		cfg.MaxResetAttempts = 5
-	}
-	cons, err := s.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("ordered consumer: %w", err)
-	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(512))
-	if err != nil {
-		return fmt.Errorf("ordered consumer: %w", err)
-	}
-	defer func() {
-		iter.Stop()
-		// The server would drop the ephemeral consumer once inactive; do it now.
-		if ci := cons.CachedInfo(); ci != nil {
-			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = s.DeleteConsumer(dctx, ci.Name)
-		}
-	}()
-	ci := cons.CachedInfo()
-	if ci == nil || ci.NumPending == 0 {
-		return nil
-	}
-	total := int(ci.NumPending)
-	var (
-		seen uint64 // last stream sequence handed to fn
-		idle int    // idle checks in a row
-	)
-	for {
-		nctx, cancel := context.WithTimeout(ctx, idleCheck)
-		msg, err := iter.Next(jetstream.NextContext(nctx))
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
-				return err
-			}
-			// Messages counted as pending may have expired or been purged since. Done
-			// when the server has nothing left for us and has delivered nothing we
-			// have not handled (Next returning nothing means nothing is buffered).
-			info, ierr := cons.Info(ctx)
-			if ierr == nil && info.NumPending == 0 && (info.Delivered.Consumer == 0 || info.Delivered.Stream <= seen) {
-				return nil
-			}
-			if idle++; idle >= maxIdleChecks {
-				if ierr != nil {
-					return fmt.Errorf("%w: nothing received for %s after stream sequence %d: %w", errStalled, time.Duration(idle)*idleCheck, seen, ierr)
-				}
-				return fmt.Errorf("%w: nothing received for %s after stream sequence %d, %d messages pending",
-					errStalled, time.Duration(idle)*idleCheck, seen, info.NumPending)
-			}
-			continue
-		}
-		idle = 0
-		meta, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("message without metadata: %w", err)
-		}
-		if meta.Sequence.Stream > last {
-			return nil
-		}
-		seen = meta.Sequence.Stream
-		if !fn(msg, meta, total) {
-			return nil
-		}
-		if meta.Sequence.Stream == last || meta.NumPending == 0 {
-			return nil
-		}
-	}
-}

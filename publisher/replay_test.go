@@ -13,6 +13,7 @@ import (
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // streamState reads the state of stream name.
@@ -117,7 +118,7 @@ func TestReplayRedoesOnlyUnsatisfied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := publisher.ReplayResult{Stream: publisher.Stream, Read: 12 + 6 + 3, Distinct: 12, Republished: 12}
+	want := publisher.ReplayResult{Stream: stream.Stream, Read: 12 + 6 + 3, Distinct: 12, Republished: 12}
 	if res != want {
 		t.Fatalf("Replay = %+v, want %+v", res, want)
 	}
@@ -176,14 +177,14 @@ func TestReplayCollapsesToLatestRequestTime(t *testing.T) {
 		raw{subject: "refresh.github.5", header: "yesterday"},
 		raw{subject: "refresh.github.6", header: model.FormatRequestedAt(now.Add(time.Hour))},
 	)
-	stored := msgsAfter(t, js, publisher.Stream, 5)[0].Time // refresh.google.3
-	last := streamState(t, js, publisher.Stream).LastSeq
+	stored := msgsAfter(t, js, stream.Stream, 5)[0].Time // refresh.google.3
+	last := streamState(t, js, stream.Stream).LastSeq
 
 	res, err := p.Replay(ctx, publisher.ReplayOptions{From: now.Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := publisher.ReplayResult{Stream: publisher.Stream, Read: 11, Distinct: 3, Skipped: 5, Republished: 3}
+	want := publisher.ReplayResult{Stream: stream.Stream, Read: 11, Distinct: 3, Skipped: 5, Republished: 3}
 	if res != want {
 		t.Fatalf("Replay = %+v, want %+v", res, want)
 	}
@@ -217,11 +218,11 @@ func TestReplayCollapsesToLatestRequestTime(t *testing.T) {
 		}
 	}
 	ids := map[string]bool{}
-	checkRepublished(msgsAfter(t, js, publisher.Stream, last), ids)
+	checkRepublished(msgsAfter(t, js, stream.Stream, last), ids)
 
 	// The same window again: the replayed copies carry the same times, so the result is
 	// the same, and the stream stores it again instead of deduping it.
-	last = streamState(t, js, publisher.Stream).LastSeq
+	last = streamState(t, js, stream.Stream).LastSeq
 	res, err = p.Replay(ctx, publisher.ReplayOptions{From: now.Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
@@ -229,7 +230,7 @@ func TestReplayCollapsesToLatestRequestTime(t *testing.T) {
 	if want.Read += 3; res != want {
 		t.Fatalf("second Replay = %+v, want %+v", res, want)
 	}
-	checkRepublished(msgsAfter(t, js, publisher.Stream, last), ids)
+	checkRepublished(msgsAfter(t, js, stream.Stream, last), ids)
 }
 
 // TestReplayWindow: --service, --until and --dry-run select and count the same way,
@@ -270,16 +271,16 @@ func TestReplayWindow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			last := streamState(t, js, publisher.Stream).LastSeq
+			last := streamState(t, js, stream.Stream).LastSeq
 			res, err := p.Replay(ctx, tt.opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			tt.want.Stream = publisher.Stream
+			tt.want.Stream = stream.Stream
 			if res != tt.want {
 				t.Fatalf("Replay = %+v, want %+v", res, tt.want)
 			}
-			got := msgsAfter(t, js, publisher.Stream, last)
+			got := msgsAfter(t, js, stream.Stream, last)
 			if len(got) != tt.want.Republished {
 				t.Fatalf("stream grew by %d messages, want %d", len(got), tt.want.Republished)
 			}
@@ -333,7 +334,7 @@ func TestReplayBeforeStream(t *testing.T) {
 		t.Fatalf("nothing expired yet: Replay = %+v, %v; want 4 read", res, err)
 	}
 
-	s, err := js.Stream(ctx, publisher.Stream)
+	s, err := js.Stream(ctx, stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +355,7 @@ func TestReplayBeforeStream(t *testing.T) {
 	if !strings.Contains(err.Error(), printed+" (its oldest") || !strings.Contains(err.Error(), "--from oldest") {
 		t.Fatalf("error %q does not name the oldest message's time %s and --from oldest", err, printed)
 	}
-	if got := streamState(t, js, publisher.Stream).LastSeq; got != 4 {
+	if got := streamState(t, js, stream.Stream).LastSeq; got != 4 {
 		t.Fatalf("a refused replay published: last sequence %d", got)
 	}
 	// The time the error names, to the second as printed, is a start that works; so

@@ -13,13 +13,14 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // storedIDs reads every message of REFRESH and counts them by Nats-Msg-Id.
 func storedIDs(t *testing.T, js jetstream.JetStream) map[string]int {
 	t.Helper()
 	ids := map[string]int{}
-	for _, m := range fleettest.StreamMessages(t, js, publisher.Stream) {
+	for _, m := range fleettest.StreamMessages(t, js, stream.Stream) {
 		ids[m.Header.Get(jetstream.MsgIDHeader)]++
 	}
 	return ids

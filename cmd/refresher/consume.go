@@ -16,7 +16,7 @@ import (
 	"github.com/refresher/refresher/internal/metrics"
 	"github.com/refresher/refresher/internal/natsconn"
 	"github.com/refresher/refresher/provider"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // httpShutdownTimeout bounds how long a scrape in progress may delay the exit once the
@@ -190,7 +190,7 @@ func warnRecovery(e *env, cfg consumer.Config, providers map[string]provider.Ref
 // a cluster's elections. A refused credential or TLS problem is not waited out.
 func connectWaiting(ctx context.Context, e *env, natsURL string) (*nats.Conn, error) {
 	var nc *nats.Conn
-	err := publisher.Retry(ctx, e.log, "connect to NATS", "NATS not reachable yet; retrying",
+	err := stream.Retry(ctx, e.log, "connect to NATS", "NATS not reachable yet; retrying",
 		func(err error) bool { return errors.Is(err, nats.ErrNoServers) },
 		func(context.Context) error {
 			var err error

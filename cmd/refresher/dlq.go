@@ -14,7 +14,7 @@ import (
 
 	"github.com/refresher/refresher/internal/config"
 	"github.com/refresher/refresher/internal/natsconn"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func dlqCmd(e *env) *cobra.Command {
@@ -61,14 +61,14 @@ deliveries, original_sequence).`,
 			defer closeConn()
 			if asJSON {
 				enc := json.NewEncoder(e.stdout)
-				return missingDLQ(publisher.ListDeadLetters(cmd.Context(), js, limit, func(dl publisher.DeadLetter) error {
+				return missingDLQ(stream.ListDeadLetters(cmd.Context(), js, limit, func(dl stream.DeadLetter) error {
 					return enc.Encode(dl)
 				}))
 			}
 			tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SEQ\tTIME\tORIGINAL SUBJECT\tDELIVERIES\tREASON")
 			n := 0
-			err = publisher.ListDeadLetters(cmd.Context(), js, limit, func(dl publisher.DeadLetter) error {
+			err = stream.ListDeadLetters(cmd.Context(), js, limit, func(dl stream.DeadLetter) error {
 				n++
 				deliveries := "-"
 				if dl.Deliveries > 0 {
@@ -138,7 +138,7 @@ func dlqPurgeCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer closeConn()
-			n, err := publisher.PurgeDeadLetters(cmd.Context(), js, before)
+			n, err := stream.PurgeDeadLetters(cmd.Context(), js, before)
 			if err = missingDLQ(err); err != nil {
 				return err
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // natsNode is one member of a JetStream cluster run as a `refresher nats-node`
@@ -118,7 +119,7 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 	fleettest.Eventually(t, time.Minute, "some rows refreshed", func() bool { return fx.Fake.Stats().Rotations >= rows/8 })
 	var leader string
 	fleettest.Eventually(t, 10*time.Second, "the REFRESH stream leader", func() bool {
-		s, err := js.Stream(ctx, publisher.Stream)
+		s, err := js.Stream(ctx, stream.Stream)
 		if err != nil {
 			return false
 		}

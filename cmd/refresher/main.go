@@ -96,7 +96,7 @@ Configuration comes from the environment: run "refresher config" to see every va
 			}
 			e.log = log
 			model.ApplicationName = "refresher-" + cmd.Name()
-			// Packages that log without being handed a logger (publisher.EnsureStreams,
+			// Packages that log without being handed a logger (stream.EnsureStreams,
 			// called by consume and publish) log here too.
 			slog.SetDefault(log)
 			if tracing.Enabled() && cmd.Name() != "config" {

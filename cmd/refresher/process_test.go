@@ -20,6 +20,7 @@ import (
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // buildBinary compiles refresher once per test process.
@@ -292,7 +293,7 @@ func TestProcessesEndToEnd(t *testing.T) {
 func assertNoTokenInMessages(t *testing.T, fx *fleettest.Env) {
 	t.Helper()
 	js := fx.JS()
-	for _, name := range []string{publisher.Stream, publisher.DLQStream} {
+	for _, name := range []string{stream.Stream, stream.DLQStream} {
 		msgs := fleettest.StreamMessages(t, js, name)
 		for _, m := range msgs {
 			all := m.Subject + fmt.Sprint(m.Header) + string(m.Data)
@@ -300,7 +301,7 @@ func assertNoTokenInMessages(t *testing.T, fx *fleettest.Env) {
 				t.Fatalf("%s message %d carries a token value", name, m.Sequence)
 			}
 		}
-		if len(msgs) == 0 && name == publisher.Stream {
+		if len(msgs) == 0 && name == stream.Stream {
 			t.Fatalf("read no message from %s: the check proved nothing", name)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // oneShotSetupWait bounds how long a one-shot publish waits for JetStream to accept
@@ -106,10 +107,8 @@ client had already used: they were published under an id of their own.`,
 			if err != nil {
 				return err
 			}
-			if pc.Window > streams.DuplicateWindow {
-				// Beyond the dedupe window, a twin publisher later in the same period would
-				// no longer be recognised as a duplicate.
-				return &config.Error{Err: fmt.Errorf("publish window %s exceeds REFRESHER_STREAM_DUPLICATE_WINDOW (%s)", pc.Window, streams.DuplicateWindow)}
+			if err := publisher.CheckWindow(pc.Window, streams); err != nil {
+				return &config.Error{Err: err}
 			}
 			natsURL, err := config.NATSURL()
 			if err != nil {
@@ -155,8 +154,8 @@ client had already used: they were published under an id of their own.`,
 			if !cmd.Flags().Changed("every") {
 				setupCtx, cancelSetup = context.WithTimeout(cmd.Context(), oneShotSetupWait)
 			}
-			err = publisher.SetupRetry(setupCtx, e.log, "create the streams", func(ctx context.Context) error {
-				return publisher.EnsureStreams(ctx, p.JetStream(), streams)
+			err = stream.SetupRetry(setupCtx, e.log, "create the streams", func(ctx context.Context) error {
+				return stream.EnsureStreams(ctx, p.JetStream(), streams)
 			})
 			cancelSetup()
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/refresher/refresher/internal/progress"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func replayCmd(e *env) *cobra.Command {
@@ -253,9 +254,9 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions, include
 		dry = " (dry run: nothing published)"
 	}
 	if res.Stream == "" {
-		res.Stream = publisher.Stream
+		res.Stream = stream.Stream
 		if opts.DLQ {
-			res.Stream = publisher.DLQStream
+			res.Stream = stream.DLQStream
 		}
 	}
 	fmt.Fprintf(e.stdout, "stream=%s from=%s until=%s read=%d distinct=%d skipped=%d republished=%d failed=%d unknown=%d%s elapsed=%s%s\n",
@@ -269,14 +270,14 @@ func runReplay(cmd *cobra.Command, e *env, opts publisher.ReplayOptions, include
 func unconfiguredDeadLetters(cmd *cobra.Command, p *publisher.Publisher, opts publisher.ReplayOptions, configured map[string]bool) (string, int, error) {
 	bySvc := map[string]int{}
 	total := 0
-	err := publisher.ListDeadLetters(cmd.Context(), p.JetStream(), 0, func(dl publisher.DeadLetter) error {
+	err := stream.ListDeadLetters(cmd.Context(), p.JetStream(), 0, func(dl stream.DeadLetter) error {
 		if dl.Time.Before(opts.From) || (!opts.Until.IsZero() && dl.Time.After(opts.Until)) {
 			return nil
 		}
 		service := ""
 		if k, err := model.ParseSubject(dl.OriginalSubject); err == nil {
 			service = k.Service
-		} else if parts := strings.Split(dl.OriginalSubject, "."); len(parts) > 1 && parts[0] == model.SubjectPrefix {
+		} else if parts := strings.Split(dl.OriginalSubject, "."); len(parts) > 1 && parts[0] == stream.SubjectPrefix {
 			service = parts[1]
 		}
 		if service == "" || configured[service] {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func TestReplayAndDLQHelp(t *testing.T) {
@@ -135,7 +136,7 @@ func TestReplayAndDLQCommands(t *testing.T) {
 		t.Fatalf("dlq list --json --limit 2 printed %d lines:\n%s", len(lines), out)
 	}
 	for _, l := range lines {
-		var dl publisher.DeadLetter
+		var dl stream.DeadLetter
 		if err := json.Unmarshal([]byte(l), &dl); err != nil {
 			t.Fatalf("line %q: %v", l, err)
 		}
@@ -144,10 +145,10 @@ func TestReplayAndDLQCommands(t *testing.T) {
 		}
 	}
 
-	before := streamLastSeq(t, js, publisher.Stream)
+	before := streamLastSeq(t, js, stream.Stream)
 	out, _ = run(0, "replay", "--since", "1h", "--dry-run")
 	mustContain(out, "stream=REFRESH", "read=4 distinct=3 skipped=1 republished=0 failed=0", "dry run")
-	if got := streamLastSeq(t, js, publisher.Stream); got != before {
+	if got := streamLastSeq(t, js, stream.Stream); got != before {
 		t.Fatalf("dry run published: last sequence %d -> %d", before, got)
 	}
 	// A service no message names, with none configured: a typo, not an empty window.
@@ -177,7 +178,7 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	mustContain(out, "no dead letters")
 
 	// Old requests expire: a window reaching past them is refused, naming the oldest left.
-	s, err := js.Stream(ctx, publisher.Stream)
+	s, err := js.Stream(ctx, stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}

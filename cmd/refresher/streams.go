@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/refresher/refresher/internal/config"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func streamsCmd(e *env) *cobra.Command {
@@ -56,17 +56,17 @@ func runStreams(cmd *cobra.Command, e *env, apply bool) error {
 		return err
 	}
 	defer closeNC()
-	var diffs []publisher.StreamDiff
+	var diffs []stream.StreamDiff
 	if apply {
-		diffs, err = publisher.ApplyStreams(cmd.Context(), js, cfg)
+		diffs, err = stream.ApplyStreams(cmd.Context(), js, cfg)
 	} else {
-		diffs, err = publisher.StreamDiffs(cmd.Context(), js, cfg)
+		diffs, err = stream.StreamDiffs(cmd.Context(), js, cfg)
 	}
 	if err != nil {
 		return err
 	}
 	if len(diffs) == 0 {
-		fmt.Fprintf(e.stdout, "%s and %s match the configuration\n", publisher.Stream, publisher.DLQStream)
+		fmt.Fprintf(e.stdout, "%s and %s match the configuration\n", stream.Stream, stream.DLQStream)
 		return nil
 	}
 	for _, d := range diffs {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // TestStreamSettingsAreTheFleets: publish creates missing streams with the request
@@ -25,7 +25,7 @@ func TestStreamSettingsAreTheFleets(t *testing.T) {
 	ctx := context.Background()
 	maxAge := func() time.Duration {
 		t.Helper()
-		s, err := fx.JS().Stream(ctx, publisher.Stream)
+		s, err := fx.JS().Stream(ctx, stream.Stream)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,12 +36,12 @@ func TestStreamSettingsAreTheFleets(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("publish: exit %d: %s", code, stderr)
 	}
-	s, err := fx.JS().Stream(ctx, publisher.Stream)
+	s, err := fx.JS().Stream(ctx, stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := s.CachedInfo().Config.MaxMsgSize; got != publisher.RequestMaxMsgSize {
-		t.Fatalf("REFRESH created with max_msg_size %d, want %d", got, publisher.RequestMaxMsgSize)
+	if got := s.CachedInfo().Config.MaxMsgSize; got != stream.RequestMaxMsgSize {
+		t.Fatalf("REFRESH created with max_msg_size %d, want %d", got, stream.RequestMaxMsgSize)
 	}
 
 	t.Setenv("REFRESHER_STREAM_MAX_AGE", "1h")
@@ -92,7 +92,7 @@ func TestStreamSettingsAreTheFleets(t *testing.T) {
 
 // TestOversizedRequestDeadLettered: a body above model.MaxBodyBytes (but within
 // REFRESH's message size limit) is dead-lettered with its reason and only the first
-// publisher.DeadLetterBodyBytes of the body, its size in a header.
+// stream.DeadLetterBodyBytes of the body, its size in a header.
 func TestOversizedRequestDeadLettered(t *testing.T) {
 	fx := fleettest.New(t, fleettest.Options{})
 	fx.Publisher() // creates the streams
@@ -108,10 +108,10 @@ func TestOversizedRequestDeadLettered(t *testing.T) {
 	if !strings.Contains(dl.Reason, "bytes, limit") {
 		t.Errorf("reason %q does not say the body is too large", dl.Reason)
 	}
-	if len(dl.Data) != publisher.DeadLetterBodyBytes || !bytes.Equal(dl.Data, body[:publisher.DeadLetterBodyBytes]) {
-		t.Errorf("dead letter holds %d bytes of the body, want its first %d", len(dl.Data), publisher.DeadLetterBodyBytes)
+	if len(dl.Data) != stream.DeadLetterBodyBytes || !bytes.Equal(dl.Data, body[:stream.DeadLetterBodyBytes]) {
+		t.Errorf("dead letter holds %d bytes of the body, want its first %d", len(dl.Data), stream.DeadLetterBodyBytes)
 	}
-	s, err := fx.JS().Stream(context.Background(), publisher.DLQStream)
+	s, err := fx.JS().Stream(context.Background(), stream.DLQStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestOversizedRequestDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := m.Header.Get(publisher.HeaderBodyTruncated); got != strconv.Itoa(len(body)) {
-		t.Errorf("%s = %q, want %d", publisher.HeaderBodyTruncated, got, len(body))
+	if got := m.Header.Get(stream.HeaderBodyTruncated); got != strconv.Itoa(len(body)) {
+		t.Errorf("%s = %q, want %d", stream.HeaderBodyTruncated, got, len(body))
 	}
 }

@@ -29,7 +29,7 @@ import (
 	"github.com/refresher/refresher/internal/natsserver"
 	"github.com/refresher/refresher/internal/pgserver"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // ErrOptions wraps every invalid Options value, so the command can exit 2 on it.
@@ -370,7 +370,7 @@ func (r *rig) close(ctx context.Context) {
 // resetStreams deletes and recreates the streams, so that a measurement starts on
 // an empty stream with no durable consumer and no dedupe history.
 func (r *rig) resetStreams(ctx context.Context) error {
-	for _, s := range []string{publisher.Stream, publisher.DLQStream} {
+	for _, s := range []string{stream.Stream, stream.DLQStream} {
 		if err := r.js.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("delete stream %s: %w", s, err)
 		}
@@ -379,7 +379,7 @@ func (r *rig) resetStreams(ctx context.Context) error {
 	// to create its store ("error creating store for stream") for a moment.
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		err := publisher.EnsureStreams(ctx, r.js, publisher.DefaultStreamConfig())
+		err := stream.EnsureStreams(ctx, r.js, stream.DefaultStreamConfig())
 		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			return err
 		}

@@ -13,7 +13,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // LatencyFigure is figure 3: at a fixed moderate request rate, how long from
@@ -65,7 +65,7 @@ func (r *rig) latencyFigure(ctx context.Context, rep *Report) error {
 	// Every acknowledgement also reaches a plain subscriber of the ack subjects.
 	var mu sync.Mutex
 	acked := make(map[uint64]time.Time, n)
-	sub, err := r.nc.Subscribe("$JS.ACK."+publisher.Stream+".>", func(m *nats.Msg) {
+	sub, err := r.nc.Subscribe("$JS.ACK."+stream.Stream+".>", func(m *nats.Msg) {
 		t := time.Now()
 		if string(m.Data) != "+ACK" {
 			return

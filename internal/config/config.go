@@ -15,7 +15,7 @@ import (
 	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/provider"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Error is a configuration problem; commands exit 2 on it.
@@ -216,8 +216,8 @@ func Consumer() (consumer.Config, error) {
 }
 
 // Streams loads and validates the stream settings.
-func Streams() (publisher.StreamConfig, error) {
-	var s publisher.StreamConfig
+func Streams() (stream.StreamConfig, error) {
+	var s stream.StreamConfig
 	if err := Load(&s); err != nil {
 		return s, err
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/logging"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Var documents one environment variable.
@@ -72,7 +72,7 @@ func isSecret(spec any, field string) bool {
 // service in REFRESHER_SERVICES (or for a placeholder <SERVICE> when none is set).
 func AllVars() []Var {
 	var vars []Var
-	for _, spec := range []any{&Connections{}, &Logging{}, &Services{}, &consumer.Config{}, &publisher.StreamConfig{}, &Publish{}, &HTTP{}, &Console{}, &Encryption{}, &NATS{}, &Tracing{}} {
+	for _, spec := range []any{&Connections{}, &Logging{}, &Services{}, &consumer.Config{}, &stream.StreamConfig{}, &Publish{}, &HTTP{}, &Console{}, &Encryption{}, &NATS{}, &Tracing{}} {
 		vars = append(vars, Vars("", spec)...)
 	}
 	names := []string{"<SERVICE>"}

@@ -25,6 +25,7 @@ import (
 	"github.com/refresher/refresher/internal/pgtest"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -63,15 +64,15 @@ func newRig(t *testing.T, opts console.Options) *rig {
 	nc := env.Conn()
 	requested := time.Now().UTC()
 	for _, m := range []*nats.Msg{
-		{Subject: publisher.DLQPrefix + fmt.Sprintf("refresh.github.%d", r.deadID), Header: nats.Header{
-			publisher.HeaderOriginalSubject: {fmt.Sprintf("refresh.github.%d", r.deadID)},
-			publisher.HeaderReason:          {deadReason},
-			publisher.HeaderDeliveries:      {"5"},
-			model.HeaderRequestedAt:         {model.FormatRequestedAt(requested)},
+		{Subject: stream.DLQPrefix + fmt.Sprintf("refresh.github.%d", r.deadID), Header: nats.Header{
+			stream.HeaderOriginalSubject: {fmt.Sprintf("refresh.github.%d", r.deadID)},
+			stream.HeaderReason:          {deadReason},
+			stream.HeaderDeliveries:      {"5"},
+			model.HeaderRequestedAt:      {model.FormatRequestedAt(requested)},
 		}},
-		{Subject: publisher.DLQPrefix + "refresh.bogus", Header: nats.Header{
-			publisher.HeaderOriginalSubject: {"refresh.bogus"},
-			publisher.HeaderReason:          {`malformed: bad subject "refresh.bogus": want refresh.<service>.<id>`},
+		{Subject: stream.DLQPrefix + "refresh.bogus", Header: nats.Header{
+			stream.HeaderOriginalSubject: {"refresh.bogus"},
+			stream.HeaderReason:          {`malformed: bad subject "refresh.bogus": want refresh.<service>.<id>`},
 		}, Data: []byte("x")},
 	} {
 		if err := nc.PublishMsg(m); err != nil {
@@ -286,8 +287,8 @@ func TestConsoleHTTP(t *testing.T) {
 	if code, _, hdr = post(t, c, base+"/deadletters", pf); code != http.StatusSeeOther || !strings.Contains(hdr.Get("Location"), "Purged+1") {
 		t.Fatalf("purge: %d %s", code, hdr.Get("Location"))
 	}
-	var left []publisher.DeadLetter
-	if err := publisher.ListDeadLetters(context.Background(), r.env.JS(), 0, func(dl publisher.DeadLetter) error {
+	var left []stream.DeadLetter
+	if err := stream.ListDeadLetters(context.Background(), r.env.JS(), 0, func(dl stream.DeadLetter) error {
 		left = append(left, dl)
 		return nil
 	}); err != nil || len(left) != 1 || left[0].Reason != deadReason {
@@ -383,7 +384,7 @@ func TestIsLoopback(t *testing.T) {
 // requestsStored is the number of messages REFRESH ever stored.
 func (r *rig) requestsStored(t *testing.T) uint64 {
 	t.Helper()
-	s, err := r.env.JS().Stream(context.Background(), publisher.Stream)
+	s, err := r.env.JS().Stream(context.Background(), stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // CredentialView is what the console shows of a credential: never a token column.
@@ -150,7 +150,7 @@ func (c *Console) credentialPage(w http.ResponseWriter, r *http.Request) {
 // requestsFor lists the requests for key still in REFRESH, oldest first, at most
 // maxRequestsShown, with their state against the fleet's durable consumer.
 func (c *Console) requestsFor(ctx context.Context, key model.Key) ([]StreamRequest, bool, error) {
-	s, err := c.js.Stream(ctx, publisher.Stream)
+	s, err := c.js.Stream(ctx, stream.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, false, nil
 	}

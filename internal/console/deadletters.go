@@ -21,6 +21,7 @@ import (
 	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // DeadLetterFilter selects dead letters. Empty fields match everything.
@@ -62,7 +63,7 @@ func (f DeadLetterFilter) Query() string {
 // Empty reports whether the filter matches every dead letter.
 func (f DeadLetterFilter) Empty() bool { return f == DeadLetterFilter{} }
 
-func (f DeadLetterFilter) match(dl publisher.DeadLetter) bool {
+func (f DeadLetterFilter) match(dl stream.DeadLetter) bool {
 	k, kerr := model.ParseSubject(dl.OriginalSubject)
 	switch {
 	case f.Service != "" && (kerr != nil || k.Service != f.Service):
@@ -94,7 +95,7 @@ type DeadLetterList struct {
 
 // DeadLetterRow is one listed dead letter.
 type DeadLetterRow struct {
-	publisher.DeadLetter
+	stream.DeadLetter
 	Group      string
 	Credential int64 // 0 when the subject does not name one
 	Service    string
@@ -106,7 +107,7 @@ const maxShown = 500
 // the filter selects, oldest first, and the listing.
 func (c *Console) matching(ctx context.Context, f DeadLetterFilter) (DeadLetterList, []uint64, error) {
 	l := DeadLetterList{Filter: f, Limit: c.opts.DLQScan}
-	s, err := c.js.Stream(ctx, publisher.DLQStream)
+	s, err := c.js.Stream(ctx, stream.DLQStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return l, nil, nil
 	}
@@ -120,7 +121,7 @@ func (c *Console) matching(ctx context.Context, f DeadLetterFilter) (DeadLetterL
 	l.Total = info.State.Msgs
 	services, reasons := map[string]bool{}, map[string]*status.ReasonCount{}
 	var seqs []uint64
-	err = publisher.ListDeadLettersIn(ctx, c.js, info.State, c.opts.DLQScan, func(dl publisher.DeadLetter) error {
+	err = stream.ListDeadLettersIn(ctx, c.js, info.State, c.opts.DLQScan, func(dl stream.DeadLetter) error {
 		l.Scanned++
 		row := DeadLetterRow{DeadLetter: dl, Group: status.ReasonGroup(dl.Reason)}
 		if k, err := model.ParseSubject(dl.OriginalSubject); err == nil {
@@ -279,7 +280,7 @@ type ReplayResult struct {
 // dead letters stay (purge them once the replays are seen through).
 func (c *Console) ReplayDeadLetters(ctx context.Context, seqs []uint64) (ReplayResult, error) {
 	var res ReplayResult
-	s, err := c.js.Stream(ctx, publisher.DLQStream)
+	s, err := c.js.Stream(ctx, stream.DLQStream)
 	if err != nil {
 		return res, err
 	}
@@ -320,11 +321,7 @@ func (c *Console) ReplayDeadLetters(ctx context.Context, seqs []uint64) (ReplayR
 // requestOf reads a dead letter's credential and request time, as the consumer and
 // `refresher dlq replay` would.
 func requestOf(raw *jetstream.RawStreamMsg) (model.Key, time.Time, error) {
-	subject := raw.Header.Get(publisher.HeaderOriginalSubject)
-	if subject == "" {
-		subject = strings.TrimPrefix(raw.Subject, publisher.DLQPrefix)
-	}
-	key, err := model.ParseSubject(subject)
+	key, err := model.ParseSubject(stream.OriginalSubject(raw.Subject, raw.Header))
 	if err != nil {
 		return key, time.Time{}, err
 	}
@@ -343,20 +340,5 @@ func requestOf(raw *jetstream.RawStreamMsg) (model.Key, time.Time, error) {
 // PurgeDeadLetters deletes the dead letters seqs from REFRESH_DLQ and returns how
 // many it deleted (those already gone are not counted).
 func (c *Console) PurgeDeadLetters(ctx context.Context, seqs []uint64) (int, error) {
-	s, err := c.js.Stream(ctx, publisher.DLQStream)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, seq := range seqs {
-		err := s.DeleteMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
-			continue
-		}
-		if err != nil {
-			return n, fmt.Errorf("delete dead letter %d: %w", seq, err)
-		}
-		n++
-	}
-	return n, nil
+	return stream.DeleteDeadLetters(ctx, c.js, seqs)
 }

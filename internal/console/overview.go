@@ -17,7 +17,7 @@ import (
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/status"
 	"github.com/refresher/refresher/model"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // ChartMinutes is how far back the overview's chart goes, one bar per minute.
@@ -386,7 +386,7 @@ func (c *Console) liveOwners(ctx context.Context, ov *Overview) error {
 // chart, and the commonest reasons.
 func (c *Console) deadLetterSummary(ctx context.Context, ov *Overview, get func(string) *ServiceOverview) error {
 	groups := map[string]*status.ReasonCount{}
-	err := publisher.ListDeadLetters(ctx, c.js, overviewDLQScan, func(dl publisher.DeadLetter) error {
+	err := stream.ListDeadLetters(ctx, c.js, overviewDLQScan, func(dl stream.DeadLetter) error {
 		ov.DeadLettersScanned++
 		if k, err := model.ParseSubject(dl.OriginalSubject); err == nil {
 			s := get(k.Service)
@@ -423,7 +423,7 @@ func (c *Console) deadLetterSummary(ctx context.Context, ov *Overview, get func(
 func (c *Console) backlog(ctx context.Context, _ status.ConsumerReport, svc map[string]*ServiceOverview) error {
 	var errs []error
 	for name, so := range svc {
-		ci, err := c.js.Consumer(ctx, publisher.Stream, consumer.ServiceDurable(name))
+		ci, err := c.js.Consumer(ctx, stream.Stream, consumer.ServiceDurable(name))
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			continue
 		}

@@ -28,6 +28,7 @@ import (
 	"github.com/refresher/refresher/provider"
 	"github.com/refresher/refresher/provider/fake"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Services are the two services the demo refreshes.
@@ -199,7 +200,7 @@ func Run(ctx context.Context, o Options, out io.Writer, log *slog.Logger) error 
 	for _, c := range fleet {
 		st = st.Add(c.Stats())
 	}
-	dlq, err := js.Stream(ctx, publisher.DLQStream)
+	dlq, err := js.Stream(ctx, stream.DLQStream)
 	if err != nil {
 		return err
 	}

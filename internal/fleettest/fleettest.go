@@ -30,6 +30,7 @@ import (
 	"github.com/refresher/refresher/provider"
 	"github.com/refresher/refresher/provider/fake"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // Options shape an Env.
@@ -73,7 +74,7 @@ type Env struct {
 	PG       *pgserver.Server    // set when Options.OwnPostgres
 	NATS     *natsserver.Server  // nil when Cluster is set
 	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
-	Streams  publisher.StreamConfig
+	Streams  stream.StreamConfig
 	batch    int
 	Keyring  *model.Keyring
 	Fake     *fake.Provider
@@ -114,7 +115,7 @@ func New(t testing.TB, o Options) *Env {
 	t.Cleanup(func() { _ = stop(context.Background()) })
 	env := &Env{
 		t: t, DB: db, DBURL: url, PG: pg, Fake: fp, FakeURL: fpURL,
-		Services: o.Services, logs: logs, Log: log, Streams: publisher.DefaultStreamConfig(),
+		Services: o.Services, logs: logs, Log: log, Streams: stream.DefaultStreamConfig(),
 		batch: max(o.BatchSize, 1), Keyring: o.Keyring,
 	}
 	if o.ClusterSize > 1 {
@@ -292,7 +293,7 @@ func (e *Env) Publisher(opts ...publisher.Option) *publisher.Publisher {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := publisher.EnsureStreams(context.Background(), p.JetStream(), e.Streams); err != nil {
+	if err := stream.EnsureStreams(context.Background(), p.JetStream(), e.Streams); err != nil {
 		e.t.Fatal(err)
 	}
 	return p
@@ -369,14 +370,28 @@ func StreamMessages(t testing.TB, js jetstream.JetStream, stream string) []*jets
 	return out
 }
 
+// ListDeadLetters returns every dead letter stream.ListDeadLetters yields for limit.
+func ListDeadLetters(t testing.TB, js jetstream.JetStream, limit int) []stream.DeadLetter {
+	t.Helper()
+	var out []stream.DeadLetter
+	err := stream.ListDeadLetters(context.Background(), js, limit, func(dl stream.DeadLetter) error {
+		out = append(out, dl)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // DeadLetters reads every message in REFRESH_DLQ.
 func (e *Env) DeadLetters() []DeadLetter {
 	e.t.Helper()
 	var out []DeadLetter
-	for _, m := range StreamMessages(e.t, e.JS(), publisher.DLQStream) {
+	for _, m := range StreamMessages(e.t, e.JS(), stream.DLQStream) {
 		out = append(out, DeadLetter{
-			Subject: m.Subject, Original: m.Header.Get(consumer.HeaderOriginalSubject),
-			Reason: m.Header.Get(consumer.HeaderReason), Deliveries: m.Header.Get(consumer.HeaderDeliveries), Data: m.Data,
+			Subject: m.Subject, Original: m.Header.Get(stream.HeaderOriginalSubject),
+			Reason: m.Header.Get(stream.HeaderReason), Deliveries: m.Header.Get(stream.HeaderDeliveries), Data: m.Data,
 		})
 	}
 	return out

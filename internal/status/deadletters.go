@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 // DeadLetterReport is REFRESH_DLQ and why its messages died.
@@ -60,7 +60,7 @@ func ReasonGroup(reason string) string {
 // messages. The scan stops at the last message of that state, so that its counts
 // agree with Messages even while dead letters arrive.
 func deadLetterReport(ctx context.Context, js jetstream.JetStream, scan, top int) (DeadLetterReport, error) {
-	s, st, err := streamState(ctx, js, publisher.DLQStream)
+	s, st, err := streamState(ctx, js, stream.DLQStream)
 	rep := DeadLetterReport{StreamReport: s, ScanLimit: scan, TopReasons: []ReasonCount{}}
 	if err != nil || !s.Exists {
 		rep.Complete = err == nil
@@ -90,7 +90,7 @@ func scanReasons(ctx context.Context, js jetstream.JetStream, st jetstream.Strea
 		return groups, 0, nil // ListDeadLetters reads everything on 0
 	}
 	scanned := 0
-	err := publisher.ListDeadLettersIn(ctx, js, st, limit, func(dl publisher.DeadLetter) error {
+	err := stream.ListDeadLettersIn(ctx, js, st, limit, func(dl stream.DeadLetter) error {
 		scanned++
 		key := ReasonGroup(dl.Reason)
 		g := groups[key]

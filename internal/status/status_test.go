@@ -14,6 +14,7 @@ import (
 	"github.com/refresher/refresher/internal/status"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -27,7 +28,7 @@ func TestGatherEmptySystem(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Gather: %v", err)
 	}
-	if rep.Stream.Exists || rep.Stream.Name != publisher.Stream || rep.Consumer.Exists || rep.DeadLetters.Exists {
+	if rep.Stream.Exists || rep.Stream.Name != stream.Stream || rep.Consumer.Exists || rep.DeadLetters.Exists {
 		t.Fatalf("nothing exists yet, but the report says %+v", rep)
 	}
 	if !rep.Credentials.TableExists || len(rep.Credentials.Services) != 0 || rep.Credentials.Total.Total != 0 {
@@ -91,7 +92,7 @@ func TestGatherAfterRun(t *testing.T) {
 	}
 	fleettest.Eventually(t, 20*time.Second, "six dead letters", func() bool { return len(env.DeadLetters()) == 6 })
 	// And, last, one dead letter no consumer wrote: no reason header.
-	if err := nc.PublishMsg(&nats.Msg{Subject: publisher.DLQPrefix + "refresh.github.999", Header: nats.Header{"X": {"y"}}}); err != nil {
+	if err := nc.PublishMsg(&nats.Msg{Subject: stream.DLQPrefix + "refresh.github.999", Header: nats.Header{"X": {"y"}}}); err != nil {
 		t.Fatal(err)
 	}
 	fleettest.Eventually(t, 20*time.Second, "seven dead letters", func() bool { return len(env.DeadLetters()) == 7 })
@@ -288,7 +289,7 @@ type arrivingDLQ struct {
 }
 
 func (a *arrivingDLQ) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
-	if name == publisher.DLQStream {
+	if name == stream.DLQStream {
 		if a.lookups++; a.lookups == 2 {
 			a.arrive()
 		}
@@ -304,7 +305,7 @@ func TestGatherDeadLettersConsistent(t *testing.T) {
 	env.Publisher()
 	js := env.JS()
 	dead := func() {
-		if _, err := js.Publish(ctx, publisher.DLQPrefix+"refresh.github.1", nil); err != nil {
+		if _, err := js.Publish(ctx, stream.DLQPrefix+"refresh.github.1", nil); err != nil {
 			t.Fatal(err)
 		}
 	}

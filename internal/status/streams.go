@@ -9,10 +9,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/consumer"
-	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
-const requestStream = publisher.Stream
+const requestStream = stream.Stream
 
 // StreamReport is one stream's state.
 type StreamReport struct {

@@ -19,6 +19,7 @@ import (
 	"github.com/refresher/refresher/internal/tracing"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
+	"github.com/refresher/refresher/stream"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -88,7 +89,7 @@ func TestTraceFromPublishToCommit(t *testing.T) {
 	}
 
 	// The stored message carries the publish span's context, in lower case.
-	s, err := env.JS().Stream(ctx, publisher.Stream)
+	s, err := env.JS().Stream(ctx, stream.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}

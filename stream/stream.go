@@ -1,4 +1,11 @@
-package publisher
+// Package stream is the contract between the processes that write refresh requests
+// and those that act on them: the subjects requests are published to, the REFRESH and
+// REFRESH_DLQ streams that keep them, the format of a dead letter, and the
+// max-deliveries advisory that announces one the consumer gave up on. It sits in the
+// middle of the flow publisher → stream → consumer → provider: publisher and consumer
+// both import it, and it imports neither (nor model, which uses its SubjectPrefix),
+// so that neither side depends on the other to agree on what a message is.
+package stream
 
 import (
 	"context"
@@ -18,13 +25,13 @@ const (
 	// Stream keeps every refresh request (limits retention) so windows can be replayed.
 	Stream = "REFRESH"
 	// StreamSubjects is what Stream captures.
-	StreamSubjects = "refresh.>"
+	StreamSubjects = SubjectPrefix + ".>"
 	// DLQStream keeps requests that could not be satisfied, with the reason.
 	DLQStream = "REFRESH_DLQ"
 	// DLQPrefix is prepended to a request's subject to form its dead-letter subject.
 	DLQPrefix = "dlq."
 	// DLQSubjects is what DLQStream captures.
-	DLQSubjects = "dlq.refresh.>"
+	DLQSubjects = DLQPrefix + StreamSubjects
 )
 
 // StreamConfig is the part of stream set-up operators tune. The same values must be
@@ -62,7 +69,7 @@ func DefaultStreamConfig() StreamConfig {
 // request the consumer would accept is stored, and a body above it is refused at
 // publish instead of being kept for MaxAge and copied into the dead-letter stream. A
 // body between the two is stored and dead-lettered with its reason and a truncated
-// copy of the body (consumer.DeadLetterMsg). A dead letter is at most a request plus
+// copy of the body (DeadLetterMsg). A dead letter is at most a request plus
 // the dead-letter headers.
 const (
 	RequestMaxMsgSize = 8 << 10
@@ -106,6 +113,7 @@ type StreamDiff struct {
 	Have, Want      string // as the stream has it, as configured
 }
 
+// String is the difference as `refresher streams` prints it: "REFRESH max_age: 72h0m0s -> 1h0m0s".
 func (d StreamDiff) String() string {
 	return fmt.Sprintf("%s %s: %s -> %s", d.Stream, d.Setting, d.Have, d.Want)
 }

@@ -1,17 +1,20 @@
-package publisher
+package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Headers of every dead letter in REFRESH_DLQ. They are defined here, beside the
-// stream, because both the consumer (which writes dead letters) and the replay and
-// dlq commands (which read them) need them, and the consumer imports this package.
+// Headers of every dead letter in REFRESH_DLQ: the consumer writes them
+// (DeadLetterMsg), replay, the dlq commands, status and the console read them back
+// (ReadDeadLetter, OriginalSubject).
 const (
 	// HeaderOriginalSubject is the subject the request was published to.
 	HeaderOriginalSubject = "Refresh-Original-Subject"
@@ -48,6 +51,73 @@ type DeadLetter struct {
 	Deliveries uint64 `json:"deliveries"`
 	// OriginalSequence is its sequence in REFRESH; 0 when not recorded.
 	OriginalSequence uint64 `json:"original_sequence,omitempty"`
+}
+
+// DeadLetterID is the dedupe id of the dead-letter copy of the message at stream
+// sequence seq: whoever copies it (a handler, a retry, the max-deliveries advisory
+// listener), REFRESH_DLQ keeps one.
+func DeadLetterID(seq uint64) string { return "dlq-" + strconv.FormatUint(seq, 10) }
+
+// DeadLetterMsg builds the REFRESH_DLQ copy of a request: same headers, the subject
+// prefixed with DLQPrefix, why it died, and the body, cut to DeadLetterBodyBytes
+// (with its size in HeaderBodyTruncated) when longer. The reason is kept to one
+// printable line of bounded length, as a header must be.
+func DeadLetterMsg(subject string, data []byte, hdr nats.Header, reason string, deliveries, seq uint64) *nats.Msg {
+	dl := nats.NewMsg(DeadLetterSubject(subject))
+	for k, vs := range hdr {
+		if k == jetstream.MsgIDHeader || strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		for _, v := range vs {
+			dl.Header.Add(k, v)
+		}
+	}
+	dl.Header.Set(jetstream.MsgIDHeader, DeadLetterID(seq))
+	dl.Header.Set(HeaderOriginalSubject, subject)
+	dl.Header.Set(HeaderReason, headerSafe(reason))
+	dl.Header.Set(HeaderDeliveries, strconv.FormatUint(deliveries, 10))
+	dl.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
+	dl.Header.Set(HeaderDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
+	if len(data) > DeadLetterBodyBytes {
+		dl.Header.Set(HeaderBodyTruncated, strconv.Itoa(len(data)))
+		data = data[:DeadLetterBodyBytes]
+	}
+	dl.Data = data
+	return dl
+}
+
+// headerSafe keeps a reason on one printable line of bounded length.
+func headerSafe(s string) string {
+	if len(s) > 512 {
+		s = s[:512]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// ReadDeadLetter reads back what DeadLetterMsg wrote in the subject and headers of a
+// dead letter. Sequence and Time are REFRESH_DLQ's, not the message's, and are left
+// zero; so are Deliveries and OriginalSequence when their headers are missing or
+// unreadable (a dead letter published by hand).
+func ReadDeadLetter(subject string, hdr nats.Header) DeadLetter {
+	dl := DeadLetter{OriginalSubject: OriginalSubject(subject, hdr), Reason: hdr.Get(HeaderReason)}
+	dl.Deliveries, _ = strconv.ParseUint(hdr.Get(HeaderDeliveries), 10, 64)
+	dl.OriginalSequence, _ = strconv.ParseUint(hdr.Get(HeaderStreamSeq), 10, 64)
+	return dl
+}
+
+// OriginalSubject is the subject the request of a dead letter was published to: its
+// HeaderOriginalSubject, or, when a dead letter lacks it, its own subject less
+// DLQPrefix.
+func OriginalSubject(subject string, hdr nats.Header) string {
+	if orig := hdr.Get(HeaderOriginalSubject); orig != "" {
+		return orig
+	}
+	return strings.TrimPrefix(subject, DLQPrefix)
 }
 
 // ListDeadLetters calls fn, oldest first, for each of the last limit dead letters in
@@ -93,7 +163,7 @@ func listDeadLetters(ctx context.Context, s jetstream.Stream, st jetstream.Strea
 		next int
 		ferr error
 	)
-	err := readStream(ctx, s, jetstream.OrderedConsumerConfig{
+	err := ReadOrdered(ctx, s, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   start,
 	}, st.LastSeq, func(msg jetstream.Msg, meta *jetstream.MsgMetadata, _ int) bool {
@@ -126,18 +196,8 @@ func listDeadLetters(ctx context.Context, s jetstream.Stream, st jetstream.Strea
 
 // deadLetter reads the listing of one REFRESH_DLQ message.
 func deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata) DeadLetter {
-	h := msg.Headers()
-	dl := DeadLetter{
-		Sequence:        meta.Sequence.Stream,
-		Time:            meta.Timestamp,
-		OriginalSubject: h.Get(HeaderOriginalSubject),
-		Reason:          h.Get(HeaderReason),
-	}
-	if dl.OriginalSubject == "" {
-		dl.OriginalSubject = msg.Subject()[min(len(DLQPrefix), len(msg.Subject())):]
-	}
-	dl.Deliveries, _ = strconv.ParseUint(h.Get(HeaderDeliveries), 10, 64)
-	dl.OriginalSequence, _ = strconv.ParseUint(h.Get(HeaderStreamSeq), 10, 64)
+	dl := ReadDeadLetter(msg.Subject(), msg.Headers())
+	dl.Sequence, dl.Time = meta.Sequence.Stream, meta.Timestamp
 	return dl
 }
 
@@ -153,7 +213,7 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 	// every sequence below the first one stored at or after the cutoff.
 	upTo := st.LastSeq + 1
 	if !before.IsZero() {
-		err := readStream(ctx, s, jetstream.OrderedConsumerConfig{
+		err := ReadOrdered(ctx, s, jetstream.OrderedConsumerConfig{
 			DeliverPolicy: jetstream.DeliverByStartTimePolicy,
 			OptStartTime:  &before,
 		}, st.LastSeq, func(_ jetstream.Msg, meta *jetstream.MsgMetadata, _ int) bool {
@@ -178,6 +238,28 @@ func PurgeDeadLetters(ctx context.Context, js jetstream.JetStream, before time.T
 	// what arrived meanwhile, less what is left, is what went.
 	arrived := after.State.LastSeq - st.LastSeq
 	return st.Msgs + arrived - min(after.State.Msgs, st.Msgs+arrived), nil
+}
+
+// DeleteDeadLetters deletes the dead letters of REFRESH_DLQ at sequences seqs (the
+// ones an operator picked from a listing) and returns how many it deleted: those
+// already gone, purged or expired since they were listed, are not counted.
+func DeleteDeadLetters(ctx context.Context, js jetstream.JetStream, seqs []uint64) (int, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", DLQStream, err)
+	}
+	n := 0
+	for _, seq := range seqs {
+		err := s.DeleteMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("delete dead letter %d: %w", seq, err)
+		}
+		n++
+	}
+	return n, nil
 }
 
 // dlqState returns REFRESH_DLQ and its state.
