@@ -35,7 +35,7 @@ func OldestRequest(ctx context.Context, js jetstream.JetStream, service string) 
 		return time.Time{}, false, fmt.Errorf("stream %s: %w", stream.Stream, err)
 	}
 	// The first request of the service past the ack floor is not acknowledged.
-	m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(stream.SubjectPrefix+"."+service+".>"))
+	m, err := s.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(stream.ServiceRequests(service)))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return time.Time{}, false, nil
 	}

@@ -169,7 +169,7 @@ func (c *Consumer) Bind(ctx context.Context) (map[string]jetstream.Consumer, err
 // bindService creates or updates one service's durable; a new one starts after floor.
 func (c *Consumer) bindService(ctx context.Context, service string, floor uint64) (jetstream.Consumer, error) {
 	name := ServiceDurable(service)
-	cfg := c.durableConfig(name, stream.SubjectPrefix+"."+service+".>", "refresher fleet: refresh requests of "+service)
+	cfg := c.durableConfig(name, stream.ServiceRequests(service), "refresher fleet: refresh requests of "+service)
 	for attempt := 0; ; attempt++ {
 		existing, err := c.js.Consumer(ctx, stream.Stream, name)
 		switch {

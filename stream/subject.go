@@ -24,6 +24,13 @@ func ServiceSubjects(service string) string {
 	return SubjectPrefix + "." + service + ".*"
 }
 
+// ServiceRequests is the filter of a service's durable consumer: every subject under
+// refresh.<service>, so that a malformed one (refresh.<service>.x.y) is dead-lettered
+// by that service's durable rather than left to the shared one.
+func ServiceRequests(service string) string {
+	return SubjectPrefix + "." + service + ".>"
+}
+
 // DeadLetterSubject is the subject in REFRESH_DLQ of the dead letter of a request
 // published to subject (or the filter matching the dead letters of a filter).
 func DeadLetterSubject(subject string) string { return DLQPrefix + subject }
