@@ -289,10 +289,16 @@ func TestKilledProcessSlotsComeBack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs consume processes")
 	}
-	t.Parallel()
+	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		t.Parallel()
+		testKilledProcessSlots(t, batch)
+	})
+}
+
+func testKilledProcessSlots(t *testing.T, batch int) {
 	fx := fleettest.New(t, fleettest.Options{Latency: 1500 * time.Millisecond})
 	const lease = 2 * time.Second
-	procs, _ := limitFleet(t, fx, 1, 200, "REFRESHER_GITHUB_MAX_IN_FLIGHT=4", "REFRESHER_LIMIT_LEASE=2s", "REFRESHER_PROVIDER_TIMEOUT=5s", "REFRESHER_DRAIN_TIMEOUT=10s")
+	procs, _ := limitFleet(t, fx, batch, 200, "REFRESHER_GITHUB_MAX_IN_FLIGHT=4", "REFRESHER_LIMIT_LEASE=2s", "REFRESHER_PROVIDER_TIMEOUT=5s", "REFRESHER_DRAIN_TIMEOUT=10s")
 	js := fx.JS()
 	held := func(pid int) (victim, others int) {
 		states, err := limit.ReadStates(context.Background(), js)
