@@ -72,6 +72,7 @@ func (c *Consumer) copyExhausted(ctx context.Context, adv maxDeliveriesAdvisory)
 		return fmt.Errorf("copy message %d to %s: %w", adv.StreamSeq, publisher.DLQStream, err)
 	}
 	c.log.Debug("max-deliveries advisory handled", "stream_seq", adv.StreamSeq, "duplicate", ack.Duplicate)
+	c.observer.MaxDeliveriesCopied(adv.StreamSeq, ack.Duplicate)
 	if !ack.Duplicate {
 		c.stats.add(DeadLettered)
 		key, _ := model.ParseSubject(orig.Subject)

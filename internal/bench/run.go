@@ -64,6 +64,8 @@ func (*tally) Transaction(time.Duration)                    {}
 func (*tally) InFlight(int)                                 {}
 func (*tally) Discarded(string, string)                     {}
 func (*tally) ClaimTakenOver(string, string, time.Duration) {}
+func (*tally) BatchSplit(int)                               {}
+func (*tally) MaxDeliveriesCopied(uint64, bool)             {}
 
 // mean is the mean handling time of messages with outcome o.
 func (t *tally) mean(o consumer.Outcome) time.Duration {
