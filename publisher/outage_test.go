@@ -15,6 +15,7 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/internal/natsconn"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 )
@@ -441,6 +442,7 @@ func TestReplayOutage(t *testing.T) {
 // duplicates; after a few tries they are counted as duplicates, with one warning,
 // instead of being re-sent until the run gives up.
 func TestDuplicateUncheckable(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	s, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
 		Users: []*server.User{{Username: "pub", Password: "pw", Permissions: &server.Permissions{

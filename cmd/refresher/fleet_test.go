@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/model"
 )
 
@@ -45,6 +46,7 @@ func defaultEnv(fx *fleettest.Env) []string {
 // clients", and application updates of rows in flight must not wait for provider
 // calls (their median stays far below the provider's latency).
 func TestFleetFitsStockPostgres(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}

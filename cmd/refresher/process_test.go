@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 )
@@ -46,6 +47,7 @@ type proc struct {
 
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	testtier.Slow(t, "a subprocess")
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +141,7 @@ var tokenRE = regexp.MustCompile(`\b(rt|at)\.[a-z0-9_-]+\.[0-9]+\.[A-Za-z0-9_-]{
 // the garbage must be in REFRESH_DLQ, no token may appear in any output, and every
 // consumer must exit 0 on SIGTERM.
 func TestProcessesEndToEnd(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
@@ -313,6 +316,7 @@ func assertNoTokenInMessages(t *testing.T, fx *fleettest.Env) {
 // its commit is recovered through the provider's reuse interval, as with real
 // providers; see README "Crashes and rotating providers").
 func TestSIGKILLFleet(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}

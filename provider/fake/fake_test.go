@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // clock lets grace-period tests move time without sleeping.
@@ -656,6 +658,7 @@ func TestConcurrentLineages(t *testing.T) {
 }
 
 func TestLatency(t *testing.T) {
+	testtier.Slow(t, "real time (it measures latency)")
 	p, srv := start(t, Options{})
 	p.SetLatency(300 * time.Millisecond)
 	_, rt := SeedTokens("svc-13")
