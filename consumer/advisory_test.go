@@ -16,6 +16,7 @@ import (
 // handler settling it (a process that crashes on it every time) still reaches
 // REFRESH_DLQ, exactly once although two processes watch.
 func TestMaxDeliveriesAdvisory(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ids := env.Seed("github", 1)
 	cfg := env.Config()

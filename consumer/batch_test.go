@@ -14,6 +14,7 @@ import (
 // TestBatchRowFailureIsolated: in a batch, a row whose write fails is rolled back
 // alone (its own savepoint) while the rest of the batch commits.
 func TestBatchRowFailureIsolated(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{BatchSize: 8})
 	ids := env.Seed("github", 8)
 	bad := ids[3]
@@ -60,6 +61,7 @@ func TestBatchRowFailureIsolated(t *testing.T) {
 // a request for a row that does not exist; in a batch next to a good request for that
 // id, it must not stop the good one.
 func TestSameIDOtherService(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 1)

@@ -38,6 +38,7 @@ func consumerInfo(t *testing.T, env *fleettest.Env) *jetstream.ConsumerInfo {
 //
 // It catches the break "live claim ignored" (go run ./internal/mutants).
 func TestLiveClaimRespected(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name string
 		// ttl is how long the planted claim lives; clear: the test clears it (as its

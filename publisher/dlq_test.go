@@ -33,6 +33,7 @@ func listDeadLetters(t *testing.T, env *fleettest.Env, limit int) []publisher.De
 // once the provider is back completes the requests (and skips the garbage); purging
 // by age and then entirely removes exactly what it says.
 func TestDeadLetterLifecycle(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	ids := env.Seed("github", 4)
@@ -157,6 +158,7 @@ func TestDeadLetterLifecycle(t *testing.T) {
 // when some in between were deleted by hand; a dead letter without the original-subject
 // header is listed by its own subject less "dlq.".
 func TestListDeadLettersLimit(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	env.Publisher()
 	ctx := context.Background()
@@ -210,6 +212,7 @@ func TestListDeadLettersLimit(t *testing.T) {
 
 // TestListDeadLettersBadLimit: a negative limit is refused.
 func TestListDeadLettersBadLimit(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	env.Publisher()
 	err := publisher.ListDeadLetters(context.Background(), env.JS(), -1, func(publisher.DeadLetter) error { return nil })

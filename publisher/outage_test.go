@@ -44,6 +44,7 @@ func stopFor(t *testing.T, env *fleettest.Env, d time.Duration) time.Time {
 // make the publisher take the request for a duplicate. It is published under an id of
 // its own and counted as a collision; a real twin is still a duplicate.
 func TestForeignMessageTakesDedupeID(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	now := time.Date(2026, 11, 26, 10, 7, 0, 0, time.UTC)

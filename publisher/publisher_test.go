@@ -89,6 +89,7 @@ func TestMsgID(t *testing.T) {
 // TestScanSelects checks which rows a scan publishes: only active rows of the service,
 // only those expiring soon when asked, only the listed ids when given.
 func TestScanSelects(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	gh := env.Seed("github", 10)
@@ -126,6 +127,7 @@ func TestScanSelects(t *testing.T) {
 
 // TestBadArguments: bad values are refused before anything is published.
 func TestBadArguments(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	p := env.Publisher()
@@ -200,6 +202,7 @@ func TestPublishWithNATSDown(t *testing.T) {
 // existing stream, even when one process is configured differently: that is a
 // warning with both values. ApplyStreams sends exactly the one update needed.
 func TestEnsureStreamsNeverChangesAStream(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	p := env.Publisher() // creates the streams
 	nc := env.Conn()
@@ -258,6 +261,7 @@ func TestEnsureStreamsNeverChangesAStream(t *testing.T) {
 // TestRequestSizeLimit: REFRESH refuses a message too large to be a request, and
 // stores one with a body at the consumer's limit.
 func TestRequestSizeLimit(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	p := env.Publisher()
 	ctx := context.Background()
