@@ -39,13 +39,6 @@ func (o *events) Discarded(_, reason string) {
 	o.discarded[reason]++
 }
 
-// discards returns how many answers were discarded for reason.
-func (o *events) discards(reason string) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.discarded[reason]
-}
-
 // waitTransaction waits until more than after transactions have ended.
 func (o *events) waitTransaction(t *testing.T, what string, after int64) {
 	t.Helper()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -32,7 +33,7 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(dir, "refresher")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return bin, nil
 })
@@ -62,7 +63,7 @@ func start(t *testing.T, env []string, args ...string) *proc {
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Kill()
-		<-p.done
+		<-p.done //nolint:errcheck // killed: the exit error says only that
 	})
 	return p
 }
@@ -101,7 +102,8 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 		if err == nil {
 			return 0
 		}
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			return ee.ExitCode()
 		}
 		t.Fatalf("%v: %v", p.cmd.Args, err)

@@ -745,7 +745,8 @@ func TestStart(t *testing.T) {
 	if err := stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := http.Get(base + "/healthz"); err == nil {
+	if resp, err := http.Get(base + "/healthz"); err == nil {
+		resp.Body.Close()
 		t.Error("server still answering after stop")
 	}
 }
