@@ -19,6 +19,7 @@ import (
 //
 // It catches the break "ack inside the transaction" (go run ./internal/mutants).
 func TestAckOnlyAfterCommit(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		// A reuse interval keeps the second delivery on the commit path: its call
 		// presents the token the first call replaced, which was never stored.

@@ -63,6 +63,7 @@ func (c *Consumer) copyExhausted(ctx context.Context, adv stream.MaxDeliveriesAd
 		return fmt.Errorf("copy message %d to %s: %w", adv.StreamSeq, stream.DLQStream, err)
 	}
 	c.log.Debug("max-deliveries advisory handled", "stream_seq", adv.StreamSeq, "duplicate", ack.Duplicate)
+	c.observer.MaxDeliveriesCopied(adv.StreamSeq, ack.Duplicate)
 	if !ack.Duplicate {
 		c.stats.add(DeadLettered)
 		key, _ := model.ParseSubject(orig.Subject)

@@ -22,6 +22,7 @@ import (
 //
 // It catches the break "token write via pool" (go run ./internal/mutants).
 func TestTokenWriteInCheckedTransaction(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		const rows = 4

@@ -31,6 +31,7 @@ func publishRaw(t *testing.T, env *fleettest.Env, subject, body string, header m
 // bad one is terminated with a reason and copied to REFRESH_DLQ, a request for a
 // missing row is acknowledged, and the consumer keeps working.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 2)
@@ -100,6 +101,7 @@ func TestBadInput(t *testing.T) {
 // TestSkipRule: a request made before the row's last refresh costs a lock, not a
 // provider call; one made after it is honoured.
 func TestSkipRule(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 1)
@@ -143,6 +145,7 @@ func TestSkipRule(t *testing.T) {
 // TestInvalidGrant: a refused grant marks the row reauth_required, terminates the
 // message without a retry or a dead letter, and later requests skip the row.
 func TestInvalidGrant(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 2)

@@ -48,6 +48,7 @@ func plaintextRows(t *testing.T, env *fleettest.Env, id string) int {
 // TestEncryptedTokens runs the duplicate-request scenario with the token columns
 // encrypted: nothing is lost, and no plaintext token is left in the table.
 func TestEncryptedTokens(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		k, _ := keyring(t, "k1")
 		env := fleettest.New(t, fleettest.Options{Latency: 5 * time.Millisecond, BatchSize: batch, Keyring: k})

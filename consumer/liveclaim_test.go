@@ -2,7 +2,6 @@ package consumer_test
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,23 +12,6 @@ import (
 	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
 )
-
-// txObserver counts the consumer's short transactions (claims and commits).
-type txObserver struct{ tx atomic.Int64 }
-
-func (o *txObserver) MessageDone(string, consumer.Outcome, time.Duration) {}
-func (o *txObserver) ProviderCall(string, time.Duration, error)           {}
-func (o *txObserver) LockWait(time.Duration)                              {}
-func (o *txObserver) Transaction(time.Duration)                           { o.tx.Add(1) }
-func (o *txObserver) Discarded(string, string)                            {}
-func (o *txObserver) ClaimTakenOver(string, string, time.Duration)        {}
-func (o *txObserver) InFlight(int)                                        {}
-
-// waitTransaction waits until more than after transactions have ended.
-func (o *txObserver) waitTransaction(t *testing.T, what string, after int64) {
-	t.Helper()
-	fleettest.Eventually(t, 10*time.Second, what, func() bool { return o.tx.Load() > after })
-}
 
 // consumerInfo reads the fleet's durable consumer.
 func consumerInfo(t *testing.T, env *fleettest.Env) *jetstream.ConsumerInfo {
@@ -57,6 +39,7 @@ func consumerInfo(t *testing.T, env *fleettest.Env) *jetstream.ConsumerInfo {
 //
 // It catches the break "live claim ignored" (go run ./internal/mutants).
 func TestLiveClaimRespected(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name string
 		// ttl is how long the planted claim lives; clear: the test clears it (as its
@@ -79,7 +62,7 @@ func TestLiveClaimRespected(t *testing.T) {
 					claimID, tt.ttl.Milliseconds(), ids[0]).Scan(&expires); err != nil {
 					t.Fatal(err)
 				}
-				obs := &txObserver{}
+				obs := &events{}
 				cfg := env.Config()
 				// The planted owner has no liveness key, so it would count as dead once the
 				// claim is OwnerTTL old; its claim is to be respected however slow the run.

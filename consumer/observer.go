@@ -23,6 +23,14 @@ type Observer interface {
 	ClaimTakenOver(service, reason string, age time.Duration)
 	// InFlight moves the number of messages being handled by delta.
 	InFlight(delta int)
+	// BatchSplit is called when a batch's writes failed together and are applied row
+	// by row instead (each under a savepoint, so one bad row does not hold back the
+	// rest), with the number of rows.
+	BatchSplit(rows int)
+	// MaxDeliveriesCopied is called each time WatchMaxDeliveries has copied a message
+	// that ran out of deliveries to REFRESH_DLQ; duplicate means a copy was there
+	// already (another process's, or the handler's).
+	MaxDeliveriesCopied(streamSeq uint64, duplicate bool)
 }
 
 // WithObserver sends measurements to o.
@@ -37,3 +45,5 @@ func (nopObserver) Transaction(time.Duration)                    {}
 func (nopObserver) InFlight(int)                                 {}
 func (nopObserver) Discarded(string, string)                     {}
 func (nopObserver) ClaimTakenOver(string, string, time.Duration) {}
+func (nopObserver) BatchSplit(int)                               {}
+func (nopObserver) MaxDeliveriesCopied(uint64, bool)             {}

@@ -15,6 +15,7 @@ import (
 // failure, backs off and retries; once it is back the row is refreshed and the failure
 // count reset.
 func TestTransientErrorsRetry(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 3)
@@ -84,6 +85,7 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 // TestMaxDeliverDeadLetters: a request that fails on every delivery ends in
 // REFRESH_DLQ with its reason and delivery count, and the stream moves on.
 func TestMaxDeliverDeadLetters(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 2)

@@ -35,6 +35,7 @@ const plantedToken = "rt.planted.0.PlantedSecret0f13"
 //
 // It catches the break "token in provider error" (go run ./internal/mutants).
 func TestNoTokenInFailurePaths(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name string
 		// setup breaks things for credential id before the request is published, and

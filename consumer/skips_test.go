@@ -15,6 +15,7 @@ import (
 // the consumers count them per minute in consumer.SkipsBucket for the console; the
 // count is written at the latest when the consumer stops, and summed per service.
 func TestSkipsPerMinute(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ids := env.Seed("github", 2)
 	r := env.StartConsumer(env.Config())

@@ -15,8 +15,9 @@ import (
 // protocol, which runs several statements sent as one string in order and stops at
 // the first error.
 type shortTx struct {
-	conn bun.Conn
-	open bool // BEGIN sent, no COMMIT or ROLLBACK yet
+	conn     bun.Conn
+	open     bool // BEGIN sent, no COMMIT or ROLLBACK yet
+	observer Observer
 }
 
 // settingsSQL is the fixed SQL text the protocol's statements carry, rendered once
@@ -53,7 +54,7 @@ func (c *Consumer) begin(ctx context.Context, durable bool) (*shortTx, error) {
 	if !durable {
 		begin = c.sql.beginAsync
 	}
-	t := &shortTx{conn: conn, open: true}
+	t := &shortTx{conn: conn, open: true, observer: c.observer}
 	if _, err := conn.ExecContext(ctx, begin); err != nil {
 		t.close()
 		return nil, fmt.Errorf("begin: %w", err)
@@ -124,6 +125,7 @@ func (t *shortTx) writeAndCommit(ctx context.Context, groups []*group, r render,
 	}
 	if len(groups) > 1 {
 		groups[0].log().Warn("batch statement failed; applying it row by row", "rows", len(groups), "error", err)
+		t.observer.BatchSplit(len(groups))
 	}
 	for _, g := range groups {
 		one, rerr := r([]*group{g})

@@ -21,7 +21,7 @@ import (
 func buildBinary(dir string) (string, error) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // SA1019: only when go is not on PATH; this test runs on the machine that built it
 	}
 	bin := filepath.Join(dir, "refresher")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -1,17 +1,25 @@
 package deploy_test
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // refresher is the binary built from ./cmd/refresher for this run.
 var refresher *binary
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// The fast tier builds nothing: the tests that run the binary skip.
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "refresher-deploy-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -139,6 +147,7 @@ func TestManifestEnvironment(t *testing.T) {
 // TestManifestCommands: every command line is a refresher subcommand with flags it
 // has and values it accepts, fits how the platform runs it, and schedules coherently.
 func TestManifestCommands(t *testing.T) {
+	testtier.Slow(t, "the refresher binary (go build)")
 	files, _ := readDeploy(t)
 	vs := currentVars()
 	m := parseManifests(files)

@@ -5,11 +5,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // TestDriftIsCaught breaks the real files one way at a time, as a careless edit of a
 // manifest or of the code would, and checks that the checks report it.
 func TestDriftIsCaught(t *testing.T) {
+	testtier.Slow(t, "the refresher binary (go build)")
 	files, goMod := readDeploy(t)
 	vs := currentVars()
 	if problems := checkAll(files, vs, goMod); len(problems) > 0 {
@@ -230,6 +233,7 @@ func TestIsRefresherImage(t *testing.T) {
 // TestNATSAuthAccepted: the NATS authentication and TLS variables are ones refresher
 // reads, so setting them (as an operator enabling authentication would) is no drift.
 func TestNATSAuthAccepted(t *testing.T) {
+	testtier.Slow(t, "the refresher binary (go build)")
 	files, goMod := readDeploy(t)
 	altered := map[string][]byte{}
 	for k, v := range files {

@@ -86,22 +86,6 @@ func (vs varSet) lookup(name string, services []string) (config.Var, bool) {
 	return config.Var{}, false
 }
 
-// allKeys is every variable name that could influence loading for services, plus the
-// unprefixed per-service names envconfig falls back to.
-func (vs varSet) allKeys(services []string) []string {
-	var keys []string
-	for k := range vs.global {
-		keys = append(keys, k)
-	}
-	for suffix := range vs.perService {
-		keys = append(keys, suffix)
-		for _, s := range services {
-			keys = append(keys, config.ServicePrefix(s)+"_"+suffix)
-		}
-	}
-	return keys
-}
-
 // withEnv runs fn with exactly env as refresher's environment: every variable
 // config.AllVars knows (and the ones env sets) is unset first and restored after.
 // The drift tests do not run in parallel, so the process environment is theirs.

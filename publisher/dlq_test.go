@@ -18,6 +18,7 @@ import (
 // once the provider is back completes the requests (and skips the garbage); purging
 // by age and then entirely removes exactly what it says.
 func TestDeadLetterLifecycle(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	ids := env.Seed("github", 4)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/internal/natsconn"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
@@ -44,6 +45,7 @@ func stopFor(t *testing.T, env *fleettest.Env, d time.Duration) time.Time {
 // make the publisher take the request for a duplicate. It is published under an id of
 // its own and counted as a collision; a real twin is still a duplicate.
 func TestForeignMessageTakesDedupeID(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	now := time.Date(2026, 11, 26, 10, 7, 0, 0, time.UTC)
@@ -442,6 +444,7 @@ func TestReplayOutage(t *testing.T) {
 // duplicates; after a few tries they are counted as duplicates, with one warning,
 // instead of being re-sent until the run gives up.
 func TestDuplicateUncheckable(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	s, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
 		Users: []*server.User{{Username: "pub", Password: "pw", Permissions: &server.Permissions{

@@ -88,6 +88,7 @@ func TestMsgID(t *testing.T) {
 // TestScanSelects checks which rows a scan publishes: only active rows of the service,
 // only those expiring soon when asked, only the listed ids when given.
 func TestScanSelects(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	gh := env.Seed("github", 10)
@@ -125,6 +126,7 @@ func TestScanSelects(t *testing.T) {
 
 // TestBadArguments: bad values are refused before anything is published.
 func TestBadArguments(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	p := env.Publisher()

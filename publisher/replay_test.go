@@ -85,6 +85,7 @@ func versions(t *testing.T, env *fleettest.Env, ids []int64) map[int64]int64 {
 // replaying the window re-does exactly the rows not refreshed since they were asked
 // for, and costs no provider call for the rest.
 func TestReplayRedoesOnlyUnsatisfied(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	ids := env.Seed("github", 12)
@@ -154,6 +155,7 @@ func TestReplayRedoesOnlyUnsatisfied(t *testing.T) {
 // the latest of its request times, whichever way each was given, and with a dedupe id
 // of its own run; messages that are not requests are skipped.
 func TestReplayCollapsesToLatestRequestTime(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	p := env.Publisher()
@@ -236,6 +238,7 @@ func TestReplayCollapsesToLatestRequestTime(t *testing.T) {
 // TestReplayWindow: --service, --until and --dry-run select and count the same way,
 // and a dry run publishes nothing.
 func TestReplayWindow(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	p := env.Publisher(publisher.WithWindow(0))
@@ -296,6 +299,7 @@ func TestReplayWindow(t *testing.T) {
 // TestReplayStopsAtLastMessage: the window ends at the stream's last message as of the
 // start of the replay; requests arriving while it reads are not part of it.
 func TestReplayStopsAtLastMessage(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	p := env.Publisher()
 	js := env.JS()
@@ -323,6 +327,7 @@ func TestReplayStopsAtLastMessage(t *testing.T) {
 // the oldest one left is refused with that message's time; a stream that never lost a
 // message covers any window.
 func TestReplayBeforeStream(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	ctx := context.Background()
 	p := env.Publisher()
@@ -382,6 +387,7 @@ func TestReplayBeforeStream(t *testing.T) {
 // TestReplayBadOptions: options that do not describe a window are refused before
 // anything is read.
 func TestReplayBadOptions(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	p := env.Publisher()
 	now := time.Now()

@@ -166,6 +166,7 @@ func (c *virtualClock) Waits() []time.Duration {
 // outlasts its period is followed at once by one for the period then in progress; a
 // failed run does not stop the schedule. Each run's messages carry its period.
 func TestScheduleBoundaries(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	const rows = 5
 	env.Seed("github", rows)
@@ -260,6 +261,7 @@ func TestScheduleBoundaries(t *testing.T) {
 // TestScheduleBadArguments: arguments no run could accept end the schedule at once
 // with ErrBadSchedule, before anything is published.
 func TestScheduleBadArguments(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	env.Seed("github", 2)
 	p := env.Publisher()
@@ -323,6 +325,7 @@ func TestScheduleEndsWhenConnectionCloses(t *testing.T) {
 // TestScheduleReportsSkippedPeriods: periods that pass entirely during a long run get
 // no run of their own; the next run says how many, and the log says so once.
 func TestScheduleReportsSkippedPeriods(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	env.Seed("github", 2)
 	clock := &virtualClock{now: time.Date(2026, 11, 26, 10, 7, 30, 0, time.UTC)}

@@ -12,11 +12,13 @@ import (
 
 	"github.com/refresher/refresher/internal/bench"
 	"github.com/refresher/refresher/internal/pgtest"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // TestBenchQuickJSON runs `refresher bench --quick --json` in-process and checks that
 // the report has every figure, with its baseline, and numbers that could be true.
 func TestBenchQuickJSON(t *testing.T) {
+	testtier.Slow(t, "a subprocess, PostgreSQL and a nats-server")
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
 )
@@ -51,6 +52,7 @@ func freeLoopbackPorts(t *testing.T, n int) []int {
 // stream leader is killed with SIGKILL and started again: no consumer exits,
 // processing resumes, and nothing is lost.
 func TestConsumersSurviveClusterElections(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}

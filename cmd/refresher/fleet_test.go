@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/model"
 )
 
@@ -45,6 +47,7 @@ func defaultEnv(fx *fleettest.Env) []string {
 // clients", and application updates of rows in flight must not wait for provider
 // calls (their median stays far below the provider's latency).
 func TestFleetFitsStockPostgres(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +97,7 @@ func TestFleetFitsStockPostgres(t *testing.T) {
 				// A row in flight, and for comparison, under the same load, one that is not.
 				var inFlight, idle int64
 				err = conn.QueryRow(ctx, `SELECT id FROM credentials WHERE claim_expires_at > now() LIMIT 1`).Scan(&inFlight)
-				if err == pgx.ErrNoRows {
+				if errors.Is(err, pgx.ErrNoRows) {
 					return nil
 				}
 				if err != nil {
@@ -108,7 +111,7 @@ func TestFleetFitsStockPostgres(t *testing.T) {
 					if err != nil {
 						return 0, err
 					}
-					defer tx.Rollback(context.Background())
+					defer func() { _ = tx.Rollback(context.Background()) }() // after a commit: nothing to roll back
 					if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '5s'"); err != nil {
 						return 0, err
 					}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
@@ -32,7 +34,7 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(dir, "refresher")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return bin, nil
 })
@@ -47,6 +49,7 @@ type proc struct {
 
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	testtier.Slow(t, "a subprocess")
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +64,7 @@ func start(t *testing.T, env []string, args ...string) *proc {
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Kill()
-		<-p.done
+		<-p.done //nolint:errcheck // killed: the exit error says only that
 	})
 	return p
 }
@@ -100,7 +103,8 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 		if err == nil {
 			return 0
 		}
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			return ee.ExitCode()
 		}
 		t.Fatalf("%v: %v", p.cmd.Args, err)
@@ -140,6 +144,7 @@ var tokenRE = regexp.MustCompile(`\b(rt|at)\.[a-z0-9_-]+\.[0-9]+\.[A-Za-z0-9_-]{
 // the garbage must be in REFRESH_DLQ, no token may appear in any output, and every
 // consumer must exit 0 on SIGTERM.
 func TestProcessesEndToEnd(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
@@ -314,6 +319,7 @@ func assertNoTokenInMessages(t *testing.T, fx *fleettest.Env) {
 // its commit is recovered through the provider's reuse interval, as with real
 // providers; see README "Crashes and rotating providers").
 func TestSIGKILLFleet(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/internal/verify"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
@@ -146,6 +147,7 @@ func sigkillRecovery(t *testing.T, settings []string, rows, kills int, settle ti
 // liveness key expires after REFRESHER_OWNER_TTL), inside a 30 s reuse interval:
 // nothing is lost, no replaced token is sent.
 func TestSIGKILLRecoveryWithinReuseInterval(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
@@ -187,6 +189,7 @@ func TestSIGKILLRecoveryWithinReuseInterval(t *testing.T) {
 // killed process's calls outside the provider's 30 s reuse interval, and loses those
 // credentials. It shows that the test above can fail.
 func TestSIGKILLRecoveryOldTimingControl(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}

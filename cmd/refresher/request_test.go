@@ -27,7 +27,7 @@ func TestRequestedAtHeaderRefused(t *testing.T) {
 		}
 	}
 	run := fx.StartConsumer(fx.Config())
-	defer run.Stop()
+	defer func() { _ = run.Stop() }() // the test's assertions are made; Stop is clean-up
 	fleettest.Eventually(t, 30*time.Second, "2 dead letters", func() bool { return len(fx.DeadLetters()) == 2 })
 	var reasons []string
 	for _, dl := range fx.DeadLetters() {

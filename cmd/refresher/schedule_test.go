@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // TestPublishEveryBadValues: a bad --every stops the command with exit 2 before it
@@ -50,6 +51,7 @@ func TestPublishEveryBadValues(t *testing.T) {
 // duplicate), every run is logged with its counts, and SIGTERM and SIGINT each stop
 // one with exit 0.
 func TestPublishEveryProcesses(t *testing.T) {
+	testtier.Slow(t, "a subprocess")
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}

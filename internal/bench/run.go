@@ -64,6 +64,8 @@ func (*tally) Transaction(time.Duration)                    {}
 func (*tally) InFlight(int)                                 {}
 func (*tally) Discarded(string, string)                     {}
 func (*tally) ClaimTakenOver(string, string, time.Duration) {}
+func (*tally) BatchSplit(int)                               {}
+func (*tally) MaxDeliveriesCopied(uint64, bool)             {}
 
 // mean is the mean handling time of messages with outcome o.
 func (t *tally) mean(o consumer.Outcome) time.Duration {
@@ -205,14 +207,14 @@ func (r *rig) consume(ctx context.Context, db *bun.DB, service string, prov prov
 	case err := <-runErr:
 		return consumerRun{}, fmt.Errorf("consumer stopped before binding: %w", err)
 	case <-ctx.Done():
-		<-runErr
+		<-runErr //nolint:errcheck // waiting for Run to return; its error was reported or is the one being returned
 		return consumerRun{}, ctx.Err()
 	}
 	start := time.Now()
 	if during != nil {
 		if err := during(ctx); err != nil {
 			stop()
-			<-runErr
+			<-runErr //nolint:errcheck // waiting for Run to return; its error was reported or is the one being returned
 			return consumerRun{}, err
 		}
 	}
@@ -221,13 +223,13 @@ func (r *rig) consume(ctx context.Context, db *bun.DB, service string, prov prov
 	select {
 	case <-t.done:
 	case err := <-runErr:
-		return consumerRun{}, fmt.Errorf("consumer stopped after %d of %d messages: %v", t.n.Load(), want, err)
+		return consumerRun{}, fmt.Errorf("consumer stopped after %d of %d messages: %w", t.n.Load(), want, err)
 	case <-limit.C:
 		stop()
-		<-runErr
+		<-runErr //nolint:errcheck // waiting for Run to return; its error was reported or is the one being returned
 		return consumerRun{}, fmt.Errorf("consumer finished %d of %d messages in %s (stats %+v)", t.n.Load(), want, runLimit(want), c.Stats())
 	case <-ctx.Done():
-		<-runErr // the drain finishes what is in flight before the pool closes
+		<-runErr //nolint:errcheck // the drain finishes what is in flight before the pool closes; ctx.Err() is the answer
 		return consumerRun{}, ctx.Err()
 	}
 	elapsed := time.Unix(0, t.endNs.Load()).Sub(start)

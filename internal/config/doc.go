@@ -171,7 +171,8 @@ func Print(w io.Writer) error {
 	}
 	for _, err := range checkAll() {
 		msg := err.Error()
-		if e, ok := err.(*Error); ok {
+		var e *Error
+		if errors.As(err, &e) {
 			msg = e.Err.Error()
 		}
 		key := leadingKey(msg)

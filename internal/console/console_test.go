@@ -301,6 +301,7 @@ func TestConsoleHTTP(t *testing.T) {
 	if code != 200 && code != http.StatusSeeOther {
 		t.Fatalf("search: %d", code)
 	}
+	r.checkNoToken(t, "credential search", body)
 	code, body, _ = get(t, c, base+fmt.Sprintf("/credentials/%d", cred.ID))
 	if code != 200 || !strings.Contains(body, `id="refresh-now"`) || !strings.Contains(body, "acknowledged") {
 		t.Fatalf("credential page: %d\n%s", code, body)

@@ -73,14 +73,14 @@ func Run(ctx context.Context, o Options, out io.Writer, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	defer pg.Stop(context.WithoutCancel(ctx))
+	defer func() { _ = pg.Stop(context.WithoutCancel(ctx)) }() // best effort: the cluster dies with the process anyway
 	dbName := "refresher_demo_" + randomHex(4)
 	dbURL, err := pg.CreateDatabase(ctx, dbName)
 	if err != nil {
 		return err
 	}
 	if !o.Keep {
-		defer pg.DropDatabase(context.WithoutCancel(ctx), dbName)
+		defer func() { _ = pg.DropDatabase(context.WithoutCancel(ctx), dbName) }() // best effort: a leftover demo database is harmless
 	}
 	db, err := model.Open(ctx, dbURL, o.Consumers*o.Concurrency+8)
 	if err != nil {
@@ -106,7 +106,7 @@ func Run(ctx context.Context, o Options, out io.Writer, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	defer stopFake(context.WithoutCancel(ctx))
+	defer func() { _ = stopFake(context.WithoutCancel(ctx)) }() // the demo's result is already decided
 	cfg := consumer.DefaultConfig()
 	cfg.Concurrency = o.Concurrency
 	cfg.Backoff = []time.Duration{100 * time.Millisecond, 500 * time.Millisecond, time.Second}

@@ -8,11 +8,13 @@ import (
 	"testing"
 
 	"github.com/refresher/refresher/internal/demo"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // TestDemo runs the demo end to end on a small data set: it must report its
 // verification and succeed.
 func TestDemo(t *testing.T) {
+	testtier.Slow(t, "PostgreSQL and a nats-server")
 	var out, logs bytes.Buffer
 	o := demo.DefaultOptions()
 	o.Count = 200

@@ -24,6 +24,7 @@ import (
 	"github.com/refresher/refresher/internal/pgserver"
 	"github.com/refresher/refresher/internal/pgtest"
 	"github.com/refresher/refresher/internal/seed"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/internal/verify"
 	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
@@ -87,6 +88,8 @@ type Env struct {
 // New starts everything an Env holds; t.Cleanup stops it.
 func New(t testing.TB, o Options) *Env {
 	t.Helper()
+	// Before anything starts: a fleet is PostgreSQL, a nats-server and a provider.
+	testtier.Slow(t, "PostgreSQL and a nats-server")
 	if len(o.Services) == 0 {
 		o.Services = []string{"github", "google"}
 	}

@@ -228,6 +228,14 @@ func (m *Metrics) ClaimTakenOver(service, reason string, age time.Duration) {
 // InFlight implements consumer.Observer.
 func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
 
+// BatchSplit implements consumer.Observer. Not a metric: the warning it comes with is
+// what an operator acts on.
+func (m *Metrics) BatchSplit(int) {}
+
+// MaxDeliveriesCopied implements consumer.Observer. Not a metric: a copy that is no
+// duplicate is counted as a dead_lettered message already.
+func (m *Metrics) MaxDeliveriesCopied(uint64, bool) {}
+
 // Result is the result label of a token request that returned err.
 func Result(err error) string {
 	var te *provider.TransientError

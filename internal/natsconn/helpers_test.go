@@ -21,12 +21,15 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
+
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // startServer runs a plain nats-server (no JetStream: these tests only connect) on a
 // free loopback port, shaped by configure, until the test ends.
 func startServer(t *testing.T, configure func(*server.Options)) *server.Server {
 	t.Helper()
+	testtier.Slow(t, "a nats-server")
 	s, err := server.NewServer(serverOptions(configure))
 	if err != nil {
 		t.Fatalf("nats-server: %v", err)

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/internal/natsserver"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // waitFor polls cond until it returns nil or the timeout passes.
@@ -80,6 +81,7 @@ func publish(t testing.TB, ctx context.Context, js jetstream.JetStream, subject 
 }
 
 func TestRestartKeepsStreamAndClientsReconnect(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	ctx := testContext(t)
 	store := t.TempDir()
 	s, err := natsserver.Start(natsserver.Options{StoreDir: store})
@@ -136,6 +138,7 @@ func TestRestartKeepsStreamAndClientsReconnect(t *testing.T) {
 }
 
 func TestStopAndRestart(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	s, err := natsserver.Start(natsserver.Options{StoreDir: t.TempDir(), Name: "stopper"})
 	if err != nil {
 		t.Fatal(err)
@@ -163,6 +166,7 @@ func TestStopAndRestart(t *testing.T) {
 }
 
 func TestTempStoreRemovedOnShutdown(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	s, err := natsserver.Start(natsserver.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +187,7 @@ func TestTempStoreRemovedOnShutdown(t *testing.T) {
 }
 
 func TestFixedPortAndLogging(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -248,6 +253,7 @@ func replicaMsgs(s *natsserver.Server, stream string) (uint64, error) {
 }
 
 func TestClusterR3StreamSurvivesLeaderLoss(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	ctx := testContext(t)
 	start := time.Now()
 	c, err := natsserver.StartCluster(3, t.TempDir())

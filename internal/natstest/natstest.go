@@ -6,11 +6,13 @@ import (
 	"testing"
 
 	"github.com/refresher/refresher/internal/natsserver"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // Start returns a single JetStream server that is shut down when the test ends.
 func Start(t testing.TB) *natsserver.Server {
 	t.Helper()
+	testtier.Slow(t, "a nats-server")
 	s, err := natsserver.Start(natsserver.Options{StoreDir: t.TempDir(), Name: "test"})
 	if err != nil {
 		t.Fatalf("natstest: %v", err)
@@ -25,6 +27,7 @@ func Start(t testing.TB) *natsserver.Server {
 // test ends.
 func Cluster(t testing.TB, n int) *natsserver.Cluster {
 	t.Helper()
+	testtier.Slow(t, "a nats-server")
 	c, err := natsserver.StartCluster(n, t.TempDir())
 	if err != nil {
 		t.Fatalf("natstest: %v", err)

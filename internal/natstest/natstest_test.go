@@ -11,9 +11,11 @@ import (
 
 	"github.com/refresher/refresher/internal/natsserver"
 	"github.com/refresher/refresher/internal/natstest"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 func TestStart(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	var s *natsserver.Server
 	t.Run("server", func(t *testing.T) {
 		s = natstest.Start(t)
@@ -41,6 +43,7 @@ func TestStart(t *testing.T) {
 }
 
 func TestCluster(t *testing.T) {
+	testtier.Slow(t, "a nats-server")
 	var c *natsserver.Cluster
 	t.Run("cluster", func(t *testing.T) {
 		c = natstest.Cluster(t, 3)

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/refresher/refresher/internal/pgserver"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -79,6 +80,7 @@ func mustConnect(t testing.TB, ctx context.Context, url string) *pgx.Conn {
 // TestThrowaway walks the whole life of a throwaway cluster, the path taken on a
 // machine without a running server.
 func TestThrowaway(t *testing.T) {
+	testtier.Slow(t, "PostgreSQL")
 	ctx := testContext(t)
 	t.Setenv(pgserver.EnvThrowaway, "1")
 	t.Setenv("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none") // must be ignored
@@ -205,6 +207,7 @@ func TestThrowaway(t *testing.T) {
 // TestDiscover uses whatever this machine offers (DATABASE_URL, :5432 or a
 // throwaway cluster) the way pgtest does.
 func TestDiscover(t *testing.T) {
+	testtier.Slow(t, "PostgreSQL")
 	ctx := testContext(t)
 	s, err := pgserver.Discover(ctx, testLogger(t))
 	if err != nil {
@@ -257,6 +260,7 @@ func TestDiscoverBadDatabaseURL(t *testing.T) {
 // hitting -timeout) must not leave its server running, and its directory is reaped
 // by the next throwaway start.
 func TestThrowawayDiesWithOwner(t *testing.T) {
+	testtier.Slow(t, "PostgreSQL")
 	ctx := testContext(t)
 	cmd := exec.CommandContext(ctx, os.Args[0])
 	cmd.Env = append(os.Environ(), "PGSERVER_HELPER=1")

@@ -16,6 +16,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/refresher/refresher/internal/pgserver"
+	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/model"
 )
 
@@ -37,6 +38,7 @@ var (
 // let a broken set-up pass.
 func Server(t testing.TB) *pgserver.Server {
 	t.Helper()
+	testtier.Slow(t, "PostgreSQL")
 	discovery.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()

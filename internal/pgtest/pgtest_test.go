@@ -17,6 +17,7 @@ import (
 
 	"github.com/refresher/refresher/internal/pgserver"
 	"github.com/refresher/refresher/internal/pgtest"
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -46,6 +47,7 @@ func databaseExists(t testing.TB, name string) bool {
 }
 
 func TestNewDB(t *testing.T) {
+	testtier.Slow(t, "PostgreSQL")
 	var name string
 	t.Run("db", func(t *testing.T) {
 		db, u := pgtest.NewDB(t)
@@ -83,6 +85,7 @@ func TestNewDB(t *testing.T) {
 }
 
 func TestNewDBParallel(t *testing.T) {
+	testtier.Slow(t, "PostgreSQL")
 	var (
 		mu    sync.Mutex
 		names = map[string]bool{}
@@ -114,6 +117,7 @@ func TestNewDBParallel(t *testing.T) {
 // TestMainStopsThrowaway runs this test binary as a child that must use a throwaway
 // cluster, and checks that Main removed the cluster and kept the exit code.
 func TestMainStopsThrowaway(t *testing.T) {
+	testtier.Slow(t, "a subprocess and a throwaway PostgreSQL")
 	for _, tc := range []struct {
 		name     string
 		fail     bool

@@ -161,7 +161,7 @@ func TestTraceFromPublishToCommit(t *testing.T) {
 	cred := env.Credential(id)
 	for _, s := range exp.GetSpans() {
 		for _, kv := range s.Attributes {
-			v := kv.Value.Emit()
+			v := kv.Value.String()
 			if strings.Contains(v, cred.RefreshToken) || strings.Contains(v, cred.AccessToken) {
 				t.Fatalf("span %s attribute %s holds a token", s.Name, kv.Key)
 			}

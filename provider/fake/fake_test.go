@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/refresher/refresher/internal/testtier"
 )
 
 // clock lets grace-period tests move time without sleeping.
@@ -656,6 +658,7 @@ func TestConcurrentLineages(t *testing.T) {
 }
 
 func TestLatency(t *testing.T) {
+	testtier.Slow(t, "real time (it measures latency)")
 	p, srv := start(t, Options{})
 	p.SetLatency(300 * time.Millisecond)
 	_, rt := SeedTokens("svc-13")
@@ -742,7 +745,8 @@ func TestStart(t *testing.T) {
 	if err := stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := http.Get(base + "/healthz"); err == nil {
+	if resp, err := http.Get(base + "/healthz"); err == nil {
+		resp.Body.Close()
 		t.Error("server still answering after stop")
 	}
 }
