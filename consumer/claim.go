@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -10,13 +9,6 @@ import (
 
 	"github.com/refresher/refresher/model"
 )
-
-// errStopping aborts a message whose provider call has not begun when shutdown starts.
-var errStopping = errors.New("shutting down")
-
-// ErrClaimHeld means another attempt's claim on the credential outlived the wait for
-// it (its owner is slow to commit, or the database could not be read meanwhile).
-var ErrClaimHeld = errors.New("another attempt still holds the credential's claim")
 
 // state is where a group stands in claim, call, commit.
 type state int
@@ -204,9 +196,6 @@ func (c *Consumer) unclaim(groups []*group, err error) error {
 	}
 	return err
 }
-
-// undecidedOutcome is decide's answer when the row needs a provider call or waits.
-const undecidedOutcome Outcome = ""
 
 // decide applies the checks a locked row goes through before any provider call. It
 // returns the outcome that settles the request without a call (with the error behind

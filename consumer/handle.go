@@ -14,22 +14,6 @@ import (
 	"github.com/refresher/refresher/provider"
 )
 
-// Outcome is what handling one message came to.
-type Outcome string
-
-// Outcomes, as counted in Stats and logged.
-const (
-	Refreshed      Outcome = "refreshed"
-	SkippedFresh   Outcome = "skipped_fresh"
-	SkippedReauth  Outcome = "skipped_reauth"
-	ReauthRequired Outcome = "reauth_required"
-	NotFound       Outcome = "not_found"
-	Retried        Outcome = "retried"
-	DeadLettered   Outcome = "dead_lettered"
-	Malformed      Outcome = "malformed"
-	Interrupted    Outcome = "interrupted"
-)
-
 // request is a parsed refresh message.
 type request struct {
 	key         model.Key

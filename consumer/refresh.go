@@ -25,9 +25,6 @@ const maxRounds = 8
 // claimMargin is how long before its claim expires an attempt stops trying to commit.
 const claimMargin = 2 * time.Second
 
-// ErrTooManyRounds means a request went back to the claim step maxRounds times.
-var ErrTooManyRounds = errors.New("credential changed under every attempt")
-
 // group is the requests of one message or batch that ask for the same credential: one
 // claim, at most one provider call, for all of them.
 type group struct {

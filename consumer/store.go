@@ -17,9 +17,6 @@ import (
 // This file owns every statement the consumer sends. Each takes one row or many, so
 // the per-row and batched paths share them.
 
-// ErrLockTimeout means another writer held the row past REFRESHER_LOCK_TIMEOUT.
-var ErrLockTimeout = errors.New("row lock timeout")
-
 // lockedRow is a locked credential with what the database's clock says of its claim.
 type lockedRow struct {
 	model.Credential `bun:",extend"`

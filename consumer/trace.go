@@ -43,7 +43,7 @@ func (j *job) endMessageSpan() {
 	if j.req.key.ID != 0 {
 		j.span.SetAttributes(attribute.String("refresher.service", j.req.key.Service), attribute.Int64("refresher.credential_id", j.req.key.ID))
 	}
-	j.span.SetAttributes(attribute.String("refresher.outcome", string(j.outcome)))
+	j.span.SetAttributes(attribute.String("refresher.outcome", j.outcome.String()))
 	if j.err != nil {
 		j.span.SetStatus(codes.Error, j.err.Error())
 	}
