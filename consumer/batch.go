@@ -6,7 +6,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// handleBatch settles up to BatchSize messages with one claim transaction and one
+// handleBatch handles up to BatchSize messages with one claim transaction and one
 // commit transaction (two WAL flushes for all their rows instead of two per row).
 func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 	jobs := make([]*job, 0, len(msgs))
@@ -22,7 +22,7 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 	c.refreshBatch(groupJobs(jobs))
 	stop()
 	for _, j := range jobs {
-		c.settle(j)
+		c.respond(j)
 	}
 }
 
@@ -36,8 +36,8 @@ func (c *Consumer) refreshBatch(groups []*group) {
 	if !c.naive {
 		if err := c.claimGroups(groups, true); err != nil {
 			for _, g := range groups {
-				if g.state != settled {
-					g.settle(Retried, err)
+				if g.state != finished {
+					g.setOutcome(Retried, err)
 				}
 			}
 			return
@@ -55,7 +55,7 @@ func (c *Consumer) refreshBatch(groups []*group) {
 	}
 	var wg sync.WaitGroup
 	for _, g := range groups {
-		if g.state == settled {
+		if g.state == finished {
 			continue
 		}
 		wg.Add(1)

@@ -16,8 +16,8 @@ type state int
 const (
 	// undecided: not claimed yet, or to be decided again from the row as it now is.
 	undecided state = iota
-	// settled: every job of the group has its outcome.
-	settled
+	// finished: every job of the group has its outcome.
+	finished
 	// waiting: another attempt's live claim holds the row (group.heldBy).
 	waiting
 	// lockedElsewhere: a batch's SKIP LOCKED passed the row over; it goes the per-row way.
@@ -92,13 +92,13 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 			if slices.Contains(exist, g.key.ID) {
 				g.state = lockedElsewhere
 			} else {
-				g.settle(NotFound, nil)
+				g.setOutcome(NotFound, nil)
 			}
 			continue
 		}
 		switch o, err := c.decide(g.key, row, g.lead.req.requestedAt, g.lead.delivered); {
 		case o != undecidedOutcome:
-			g.settle(o, err)
+			g.setOutcome(o, err)
 			continue
 		case row.liveClaim() && !c.deadOwner(row):
 			g.state, g.heldBy = waiting, *row.ClaimID
@@ -130,19 +130,19 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	}
 	_, err = tx.writeAndCommit(ctx, claiming,
 		func(gs []*group) (string, error) {
-			some := make(map[int64]int64, len(gs))
+			var ws []claimWrite
 			for _, g := range gs {
 				if g.claim != nil {
-					some[g.key.ID] = g.claim.id
+					ws = append(ws, claimWrite{id: g.key.ID, claimID: g.claim.id, service: g.key.Service, requestedAt: g.lead.req.requestedAt})
 				}
 			}
-			if len(some) == 0 {
+			if len(ws) == 0 {
 				return "", nil
 			}
-			return c.claimSQL(some), nil
+			return c.claimSQL(ws, false), nil
 		},
 		func(g *group, err error) string {
-			g.settle(Retried, fmt.Errorf("claim credential %d: %w", g.key.ID, err))
+			g.setOutcome(Retried, fmt.Errorf("claim credential %d: %w", g.key.ID, err))
 			g.claim = nil
 			return ""
 		})
@@ -157,8 +157,9 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	return nil
 }
 
-// settled closes the local channels of claims that are committed, dropped or lost.
-func (c *Consumer) settled(ids []int64) {
+// wakeClaimWaiters closes the local channels of claims that are committed, dropped or
+// lost, waking the duplicates of this process that wait for them (awaitClaim).
+func (c *Consumer) wakeClaimWaiters(ids []int64) {
 	for _, id := range ids {
 		if ch, ok := c.local.LoadAndDelete(id); ok {
 			close(ch.(chan struct{}))

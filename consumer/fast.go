@@ -32,13 +32,7 @@ func (c *Consumer) fastClaim(g *group) (bool, error) {
 	defer endSteps(spans)
 	id := rand.Int64N(1<<62) + 1
 	cred := new(model.Credential)
-	query := c.format(`UPDATE credentials AS c SET claim_id = ?, claim_owner = ?, claim_started_at = now(),
-			claim_expires_at = now() + ?::bigint * interval '1 millisecond'
-		FROM `+c.sql.durableSettings+`
-		WHERE c.id = ? AND c.service = ? AND c.status = ? AND c.claim_id IS NULL
-		  AND (c.refreshed_at IS NULL OR c.refreshed_at <= ?)
-		RETURNING c.*`,
-		id, c.owner, c.cfg.claimTTL().Milliseconds(), g.key.ID, g.key.Service, model.StatusActive, g.lead.req.requestedAt)
+	query := c.claimSQL([]claimWrite{{id: g.key.ID, claimID: id, service: g.key.Service, requestedAt: g.lead.req.requestedAt}}, true)
 	err := c.db.NewRaw(query).Scan(ctx, cred)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
@@ -72,12 +66,7 @@ func (c *Consumer) fastCommit(g *group) bool {
 	if err != nil {
 		return false
 	}
-	query := c.format(`UPDATE credentials AS c SET
-			access_token = ?, refresh_token = ?, expires_at = ?, refreshed_at = ?, `+refreshedBookkeeping+`, `+clearClaim+`
-		FROM `+c.sql.durableSettings+`
-		WHERE c.id = ? AND c.service = ? AND c.claim_id = ? AND c.refresh_token = ?`,
-		w.access, w.refresh, w.expires, w.refreshedAt, g.key.ID, g.key.Service, g.claim.id, g.claim.cred.RefreshToken)
-	res, err := c.db.ExecContext(ctx, query)
+	res, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w}, true))
 	if err != nil {
 		return false
 	}
@@ -87,7 +76,7 @@ func (c *Consumer) fastCommit(g *group) bool {
 	d := time.Since(start)
 	c.observer.LockWait(d)
 	c.observer.Transaction(d)
-	c.settled([]int64{g.claim.id})
-	g.settleCall(nil)
+	c.wakeClaimWaiters([]int64{g.claim.id})
+	g.setCallOutcomes(nil)
 	return true
 }

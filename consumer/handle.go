@@ -67,11 +67,11 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 	stop := c.keepAlive(msg)
 	c.refreshGroup(newGroup(j))
 	stop()
-	c.settle(j)
+	c.respond(j)
 }
 
 // prepare parses a message. A message that is not a valid request is dead-lettered
-// and settled here, and ok is false.
+// and answered here, and ok is false.
 func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	c.observer.InFlight(1)
 	j = &job{msg: msg, start: time.Now()}
@@ -97,15 +97,15 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	if err != nil {
 		j.req = request{}
 		j.outcome, j.err = Malformed, err
-		c.settle(j)
+		c.respond(j)
 		return nil, false
 	}
 	return j, true
 }
 
-// settle acknowledges, terminates, naks or dead-letters a job according to its
-// outcome, then logs and counts it once.
-func (c *Consumer) settle(j *job) {
+// respond answers a job's message by its outcome (ack, terminate, nak or
+// dead-letter), then logs and counts it once.
+func (c *Consumer) respond(j *job) {
 	defer c.observer.InFlight(-1)
 	defer j.endMessageSpan()
 	ack := false

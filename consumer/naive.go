@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 
 	"github.com/refresher/refresher/model"
@@ -15,13 +14,12 @@ import (
 func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.claimTTL())
 	defer cancel()
-	cred := new(model.Credential)
-	err := c.db.NewSelect().Model(cred).Where("id = ?", req.key.ID).Where("service = ?", req.key.Service).Scan(ctx)
-	if errors.Is(err, sql.ErrNoRows) {
-		return NotFound, nil
-	}
+	cred, err := loadCredential(ctx, c.db, req.key)
 	if err != nil {
 		return Retried, err
+	}
+	if cred == nil {
+		return NotFound, nil
 	}
 	if cred.Status != model.StatusActive {
 		return SkippedReauth, nil
@@ -32,7 +30,7 @@ func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, 
 	g := &group{key: req.key, claim: &claim{cred: cred}, lead: &job{prov: prov}}
 	c.callGroups([]*group{g})
 	if errors.Is(g.err, provider.ErrInvalidGrant) {
-		_, err := c.db.ExecContext(ctx, c.reauthSQL([]int64{cred.ID}, errOf(g.err)))
+		_, err := c.db.ExecContext(ctx, c.failuresSQL([]failureWrite{{cred.ID, errOf(g.err)}}, true))
 		return ReauthRequired, err
 	}
 	if g.err != nil {
@@ -42,7 +40,7 @@ func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, 
 	if err != nil {
 		return Retried, err
 	}
-	if _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w})); err != nil {
+	if _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w}, false)); err != nil {
 		return Retried, err
 	}
 	return Refreshed, nil
