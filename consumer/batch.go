@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -9,9 +10,12 @@ import (
 // handleBatch handles up to BatchSize messages with one claim transaction and one
 // commit transaction (two WAL flushes for all their rows instead of two per row).
 func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
+	// A message's work is its own: it outlives Run's ctx (the drain finishes it), so
+	// nothing above it is there to cancel it.
+	ctx := context.Background()
 	jobs := make([]*job, 0, len(msgs))
 	for _, m := range msgs {
-		if j, ok := c.prepare(m); ok {
+		if j, ok := c.prepare(ctx, m); ok {
 			jobs = append(jobs, j)
 		}
 	}
@@ -19,7 +23,7 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 		return
 	}
 	stop := c.keepAlive(msgs...)
-	c.refreshBatch(groupJobs(jobs))
+	c.refreshBatch(ctx, groupJobs(jobs))
 	stop()
 	for _, j := range jobs {
 		c.respond(j)
@@ -32,9 +36,9 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 // SKIP LOCKED, so a row held elsewhere does not hold up the batch: such a row, one
 // whose claim another attempt holds, and one that changed under its call each go on
 // alone, the per-row way, once the batch has committed.
-func (c *Consumer) refreshBatch(groups []*group) {
+func (c *Consumer) refreshBatch(ctx context.Context, groups []*group) {
 	if !c.naive {
-		if err := c.claimGroups(groups, true); err != nil {
+		if err := c.claimGroups(ctx, groups, true); err != nil {
 			for _, g := range groups {
 				if g.state != finished {
 					g.setOutcome(Retried, err)
@@ -49,8 +53,8 @@ func (c *Consumer) refreshBatch(groups []*group) {
 			}
 		}
 		if len(called) > 0 {
-			c.callGroups(called)
-			c.commitGroups(called)
+			c.callGroups(ctx, called)
+			c.commitGroups(ctx, called)
 		}
 	}
 	var wg sync.WaitGroup
@@ -61,7 +65,7 @@ func (c *Consumer) refreshBatch(groups []*group) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.refreshGroup(g)
+			c.refreshGroup(ctx, g)
 		}()
 	}
 	wg.Wait()

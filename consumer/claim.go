@@ -39,9 +39,9 @@ type claim struct {
 // rows (in id order; with skipLocked, rows held elsewhere are passed over), decides
 // each group that needs no provider call, and commits a claim, durably, for each one
 // that does. The connection goes back to the pool before any call is made.
-func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
+func (c *Consumer) claimGroups(ctx context.Context, groups []*group, skipLocked bool) error {
 	defer endSteps(startSteps(groups, "claim"))
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.LockTimeout+c.cfg.statementTimeout())
 	defer cancel()
 	var ids []int64
 	for _, g := range groups {
@@ -59,7 +59,7 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	}
 	defer func() {
 		// Rolled back when it wrote nothing (a skip): no commit to flush.
-		tx.close()
+		tx.close(ctx)
 		c.observer.Transaction(time.Since(start))
 	}()
 	rows, err := lockRows(ctx, tx.conn, ids, skipLocked)
@@ -100,7 +100,7 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 		case o != undecidedOutcome:
 			g.setOutcome(o, err)
 			continue
-		case row.liveClaim() && !c.deadOwner(row):
+		case row.liveClaim() && !c.deadOwner(ctx, row):
 			g.state, g.heldBy = waiting, *row.ClaimID
 			continue
 		case claims[row.ID] != 0:
@@ -178,14 +178,14 @@ const (
 // deadOwner reports whether a live claim's owner is known to be dead. A claim younger
 // than the owner TTL is never taken this way: its owner may be a process that has not
 // registered (RefreshNow before Run) or whose first heartbeat is on its way.
-func (c *Consumer) deadOwner(row *lockedRow) bool {
+func (c *Consumer) deadOwner(ctx context.Context, row *lockedRow) bool {
 	if row.ClaimOwner == nil || row.ClaimAge == nil || c.cfg.OwnerTTL <= 0 {
 		return false
 	}
 	if time.Duration(*row.ClaimAge*float64(time.Second)) < c.cfg.OwnerTTL {
 		return false
 	}
-	return c.live.dead(*row.ClaimOwner)
+	return c.live.dead(ctx, *row.ClaimOwner)
 }
 
 // unclaim undoes the claimed state of groups whose claim did not commit.
@@ -222,7 +222,7 @@ func (c *Consumer) decide(key model.Key, row *lockedRow, requestedAt time.Time, 
 // delivery: the message is kept alive by its heartbeats meanwhile. It gives up with
 // errStopping when shutdown begins (unless this is the last delivery), and with
 // ErrClaimHeld once the claim should long have expired.
-func (c *Consumer) awaitClaim(id, heldBy int64, delivered uint64) error {
+func (c *Consumer) awaitClaim(ctx context.Context, id, heldBy int64, delivered uint64) error {
 	giveUp := time.Now().Add(c.cfg.claimTTL() + c.cfg.LockTimeout)
 	delay := 10 * time.Millisecond
 	var lastErr error
@@ -260,14 +260,14 @@ func (c *Consumer) awaitClaim(id, heldBy int64, delivered uint64) error {
 			t.Stop()
 		}
 		delay = min(2*delay, 250*time.Millisecond)
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.statementTimeout())
-		row, err := claimHolder(ctx, c.db, id)
+		lctx, cancel := context.WithTimeout(ctx, c.cfg.statementTimeout())
+		row, err := claimHolder(lctx, c.db, id)
 		cancel()
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		if row == nil || row.ClaimID == nil || *row.ClaimID != heldBy || !row.liveClaim() || c.deadOwner(row) {
+		if row == nil || row.ClaimID == nil || *row.ClaimID != heldBy || !row.liveClaim() || c.deadOwner(ctx, row) {
 			return nil
 		}
 	}

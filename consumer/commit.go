@@ -35,7 +35,11 @@ const (
 // attempt's and each row still holds the token presented, writes what the calls
 // returned and drops the claims. Until the claims would expire it retries a database
 // that cannot be reached: an issued token exists only here meanwhile.
-func (c *Consumer) commitGroups(groups []*group) {
+//
+// The provider has answered: the commit is not cancelled with ctx (shutdown included),
+// only given up at the claims' deadline.
+func (c *Consumer) commitGroups(ctx context.Context, groups []*group) {
+	ctx = context.WithoutCancel(ctx)
 	defer endSteps(startSteps(groups, "commit"))
 	deadline := groups[0].claim.deadline
 	ids := make([]int64, len(groups))
@@ -48,7 +52,7 @@ func (c *Consumer) commitGroups(groups []*group) {
 	defer c.wakeClaimWaiters(ids)
 	delay := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		verdicts, err := c.commitOnce(groups, deadline)
+		verdicts, err := c.commitOnce(ctx, groups, deadline)
 		if err == nil {
 			c.afterCommit(groups, verdicts)
 			return
@@ -60,7 +64,7 @@ func (c *Consumer) commitGroups(groups []*group) {
 				// The database refused the commit itself (a deferred constraint): nothing
 				// was written, the claims included. Release them so the retry need not
 				// wait for them to expire.
-				c.releaseClaims(groups)
+				c.releaseClaims(ctx, groups)
 			}
 			return
 		}
@@ -73,8 +77,8 @@ func (c *Consumer) commitGroups(groups []*group) {
 }
 
 // commitOnce is one try of the commit step's transaction.
-func (c *Consumer) commitOnce(groups []*group, deadline time.Time) (map[*group]verdict, error) {
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+func (c *Consumer) commitOnce(ctx context.Context, groups []*group, deadline time.Time) (map[*group]verdict, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	ids := make([]int64, 0, len(groups))
 	for _, g := range groups {
@@ -87,7 +91,7 @@ func (c *Consumer) commitOnce(groups []*group, deadline time.Time) (map[*group]v
 	if err != nil {
 		return nil, err
 	}
-	defer tx.close()
+	defer tx.close(ctx)
 	rows, err := lockRows(ctx, tx.conn, ids, false)
 	c.observer.LockWait(time.Since(start))
 	if err != nil {
@@ -212,8 +216,8 @@ func (c *Consumer) commitFailed(groups []*group, err error) {
 }
 
 // releaseClaims drops the groups' claims in a transaction of its own, at best.
-func (c *Consumer) releaseClaims(groups []*group) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+func (c *Consumer) releaseClaims(ctx context.Context, groups []*group) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.LockTimeout+c.cfg.statementTimeout())
 	defer cancel()
 	drop := make(map[int64]int64, len(groups))
 	for _, g := range groups {
@@ -221,7 +225,7 @@ func (c *Consumer) releaseClaims(groups []*group) {
 	}
 	tx, err := c.begin(ctx, true)
 	if err == nil {
-		defer tx.close()
+		defer tx.close(ctx)
 		err = tx.commitWith(ctx, c.dropClaimsSQL(drop))
 	}
 	if err != nil {

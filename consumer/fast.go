@@ -21,11 +21,11 @@ import (
 
 // fastClaim claims g's credential in one statement when it is active, not refreshed
 // since the request, and holds no claim at all. It reports whether it claimed.
-func (c *Consumer) fastClaim(g *group) (bool, error) {
+func (c *Consumer) fastClaim(ctx context.Context, g *group) (bool, error) {
 	if c.isStopping() || c.asyncClaims {
 		return false, nil // the full step decides (Interrupted) or runs the control
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.LockTimeout+c.cfg.statementTimeout())
 	defer cancel()
 	start := time.Now()
 	spans := startSteps([]*group{g}, "claim")
@@ -52,11 +52,13 @@ func (c *Consumer) fastClaim(g *group) (bool, error) {
 // fastCommit stores a successful answer in one statement when the claim is still
 // this attempt's and the row still holds the stored token it presented. It reports
 // whether it wrote; when not (or on an error), the full commit step runs.
-func (c *Consumer) fastCommit(g *group) bool {
+// The provider has answered: the write must not be cancelled with ctx, only given up
+// at the claim's deadline.
+func (c *Consumer) fastCommit(ctx context.Context, g *group) bool {
 	if g.err != nil {
 		return false
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), g.claim.deadline)
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), g.claim.deadline)
 	defer cancel()
 	start := time.Now()
 	spans := startSteps([]*group{g}, "commit")

@@ -60,19 +60,21 @@ type job struct {
 
 // handle takes one message to exactly one of ack, nak with delay, or terminate.
 func (c *Consumer) handle(msg jetstream.Msg) {
-	j, ok := c.prepare(msg)
+	// A message's work is its own: it outlives Run's ctx (the drain finishes it), so
+	// nothing above it is there to cancel it.
+	j, ok := c.prepare(context.Background(), msg)
 	if !ok {
 		return
 	}
 	stop := c.keepAlive(msg)
-	c.refreshGroup(newGroup(j))
+	c.refreshGroup(j.ctx, newGroup(j))
 	stop()
 	c.respond(j)
 }
 
 // prepare parses a message. A message that is not a valid request is dead-lettered
 // and answered here, and ok is false.
-func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
+func (c *Consumer) prepare(ctx context.Context, msg jetstream.Msg) (j *job, ok bool) {
 	c.observer.InFlight(1)
 	j = &job{msg: msg, start: time.Now()}
 	meta, err := msg.Metadata()
@@ -84,7 +86,7 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	}
 	j.meta, j.delivered = meta, meta.NumDelivered
 	j.log = c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
-	j.startMessageSpan(msg.Subject(), msg.Headers(), meta.Sequence.Stream)
+	j.startMessageSpan(ctx, msg.Subject(), msg.Headers(), meta.Sequence.Stream)
 	header, hasHeader, err := model.RequestedAtHeader(msg.Headers().Values(model.HeaderRequestedAt))
 	if err == nil {
 		j.req, err = parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
@@ -117,10 +119,10 @@ func (c *Consumer) respond(j *job) {
 	case Interrupted:
 		_ = j.msg.Nak()
 	case Malformed:
-		j.outcome = c.deadLetter(j.msg, j.meta, Malformed, j.err, j.log)
+		j.outcome = c.deadLetter(j.ctx, j.msg, j.meta, Malformed, j.err, j.log)
 	default: // Retried
 		if j.meta.NumDelivered >= uint64(c.cfg.MaxDeliver) {
-			j.outcome = c.deadLetter(j.msg, j.meta, DeadLettered, j.err, j.log)
+			j.outcome = c.deadLetter(j.ctx, j.msg, j.meta, DeadLettered, j.err, j.log)
 			break
 		}
 		delay := c.cfg.backoff(j.meta.NumDelivered, provider.RetryAfter(j.err))
@@ -158,7 +160,7 @@ func (c *Consumer) respond(j *job) {
 		// skip rule turns the redelivery into a no-op.
 		// Bounded well below any drain timeout: a lost ack confirmation (a server
 		// failing over) only means a redelivery, which the skip rule answers.
-		actx, cancel := context.WithTimeout(context.Background(), ackConfirmTimeout)
+		actx, cancel := context.WithTimeout(context.WithoutCancel(j.ctx), ackConfirmTimeout)
 		aerr := j.msg.DoubleAck(actx)
 		cancel()
 		if aerr != nil {

@@ -11,8 +11,8 @@ import (
 // refreshNaive is the read, call, write-back cycle of the periodic job this project
 // replaces, kept only so the lost-update test can show that it loses updates (and so
 // that the test is known to be able to fail). Nothing outside tests can select it.
-func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.claimTTL())
+func (c *Consumer) refreshNaive(ctx context.Context, req request, prov provider.Refresher) (Outcome, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.claimTTL())
 	defer cancel()
 	cred, err := loadCredential(ctx, c.db, req.key)
 	if err != nil {
@@ -27,8 +27,8 @@ func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, 
 	if satisfied(cred.RefreshedAt, req.requestedAt) {
 		return SkippedFresh, nil
 	}
-	g := &group{key: req.key, claim: &claim{cred: cred}, lead: &job{prov: prov}}
-	c.callGroups([]*group{g})
+	g := &group{key: req.key, claim: &claim{cred: cred}, lead: &job{ctx: ctx, prov: prov}}
+	c.callGroups(ctx, []*group{g})
 	if errors.Is(g.err, provider.ErrInvalidGrant) {
 		_, err := c.db.ExecContext(ctx, c.failuresSQL([]failureWrite{{cred.ID, errOf(g.err)}}, true))
 		return ReauthRequired, err

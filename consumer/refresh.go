@@ -98,9 +98,9 @@ func (g *group) log() *slog.Logger { return g.lead.log.With("service", g.key.Ser
 
 // refreshGroup takes one group through claim, call and commit, going back to the
 // claim step when a claim it waited for settles or the row changed under its call.
-func (c *Consumer) refreshGroup(g *group) {
+func (c *Consumer) refreshGroup(ctx context.Context, g *group) {
 	if c.naive {
-		o, err := c.refreshNaive(g.lead.req, g.lead.prov)
+		o, err := c.refreshNaive(ctx, g.lead.req, g.lead.prov)
 		g.setOutcome(o, err)
 		return
 	}
@@ -113,18 +113,18 @@ func (c *Consumer) refreshGroup(g *group) {
 		case undecided, lockedElsewhere:
 			g.state = undecided
 			if round == 0 {
-				if ok, err := c.fastClaim(g); ok || err != nil {
+				if ok, err := c.fastClaim(ctx, g); ok || err != nil {
 					if err != nil {
 						g.setOutcome(Retried, err)
 					}
 					continue
 				}
 			}
-			if err := c.claimGroups([]*group{g}, false); err != nil {
+			if err := c.claimGroups(ctx, []*group{g}, false); err != nil {
 				g.setOutcome(Retried, err)
 			}
 		case waiting:
-			switch err := c.awaitClaim(g.key.ID, g.heldBy, g.lead.delivered); {
+			switch err := c.awaitClaim(ctx, g.key.ID, g.heldBy, g.lead.delivered); {
 			case errors.Is(err, errStopping):
 				g.setOutcome(Interrupted, nil)
 			case err != nil:
@@ -133,20 +133,21 @@ func (c *Consumer) refreshGroup(g *group) {
 				g.state = undecided
 			}
 		case claimed:
-			c.callGroups([]*group{g})
-			if !c.fastCommit(g) {
-				c.commitGroups([]*group{g})
+			c.callGroups(ctx, []*group{g})
+			if !c.fastCommit(ctx, g) {
+				c.commitGroups(ctx, []*group{g})
 			}
 		}
 	}
 }
 
 // callGroups calls the provider for every claimed group, concurrently, with no
-// connection or lock held.
-func (c *Consumer) callGroups(groups []*group) {
+// connection or lock held. A call under way is never abandoned to a cancellation
+// (the provider may rotate the token all the same): only ProviderTimeout bounds it.
+func (c *Consumer) callGroups(ctx context.Context, groups []*group) {
 	var wg sync.WaitGroup
 	for _, g := range groups {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ProviderTimeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.ProviderTimeout)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

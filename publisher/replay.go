@@ -409,9 +409,10 @@ func readStream(ctx context.Context, s jetstream.Stream, cfg jetstream.OrderedCo
 	}
 	defer func() {
 		iter.Stop()
-		// The server would drop the ephemeral consumer once inactive; do it now.
+		// The server would drop the ephemeral consumer once inactive; do it now, even
+		// when ctx is why the read ended.
 		if ci := cons.CachedInfo(); ci != nil {
-			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			_ = s.DeleteConsumer(dctx, ci.Name)
 		}

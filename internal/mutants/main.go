@@ -147,8 +147,8 @@ var mutants = []mutant{
 		name: "live-claim-ignored", what: "the claim step takes a row another attempt holds a live claim on",
 		pkg: "./consumer", test: "TestLiveClaimRespected",
 		edits: []edit{{"consumer/claim.go",
-			"\t\tcase row.liveClaim() && !c.deadOwner(row):",
-			"\t\tcase false && row.liveClaim() && !c.deadOwner(row):"}},
+			"\t\tcase row.liveClaim() && !c.deadOwner(ctx, row):",
+			"\t\tcase false && row.liveClaim() && !c.deadOwner(ctx, row):"}},
 	},
 	{
 		name: "token-write-via-pool", what: "the tokens are written through the pool after the checked transaction",
@@ -160,7 +160,7 @@ var mutants = []mutant{
 			{"consumer/commit.go",
 				"\tif err != nil {\n\t\treturn nil, fmt.Errorf(\"commit: %w\", err)\n\t}\n",
 				"\tif err != nil {\n\t\treturn nil, fmt.Errorf(\"commit: %w\", err)\n\t}\n" +
-					"\ttx.close() // the lock ends here; the write goes through the pool after it\n" +
+					"\ttx.close(ctx) // the lock ends here; the write goes through the pool after it\n" +
 					"\tfor _, g := range groups {\n\t\tif verdicts[g] == writeToken {\n\t\t\tw, err := c.sealed(locked[g.key.ID], g)\n\t\t\tif err != nil {\n\t\t\t\treturn nil, err\n\t\t\t}\n" +
 					"\t\t\tif _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w}, false)); err != nil {\n\t\t\t\treturn nil, err\n\t\t\t}\n\t\t}\n\t}\n"},
 		},
