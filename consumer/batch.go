@@ -1,17 +1,20 @@
 package consumer
 
 import (
+	"context"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// handleBatch settles up to BatchSize messages with one claim transaction and one
+// handleBatch handles up to BatchSize messages with one claim transaction and one
 // commit transaction (two WAL flushes for all their rows instead of two per row).
-func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
+func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
+	// A message's work is its own: it outlives Run's ctx (the drain finishes it), so
+	// nothing above it is there to cancel it.
 	jobs := make([]*job, 0, len(msgs))
 	for _, m := range msgs {
-		if j, ok := c.prepare(m); ok {
+		if j, ok := c.prepare(ctx, m); ok {
 			jobs = append(jobs, j)
 		}
 	}
@@ -23,19 +26,19 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 	var entered, later []*group
 	for i, g := range groups {
 		switch {
-		case i == 0 && c.enter(g):
+		case i == 0 && c.enter(ctx, g):
 			entered = append(entered, g)
 		case i == 0 || len(entered) == 0:
 			// The first was interrupted: so are the others.
-			g.settle(Interrupted, nil)
-		case c.admitWithin(g, batchPermitWait) == nil && c.enterCalls(g):
+			g.setOutcome(Interrupted, nil)
+		case c.admitWithin(ctx, g, batchPermitWait) == nil && c.enterCalls(g):
 			entered = append(entered, g)
-		case g.state != settled:
+		case g.state != finished:
 			later = append(later, g)
 		}
 	}
 	if len(entered) > 0 {
-		c.refreshBatch(entered)
+		c.refreshBatch(ctx, entered)
 		c.leave(len(entered))
 	}
 	// Groups whose permit did not come at once wait for it alone, holding nothing.
@@ -44,8 +47,8 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if c.enter(g) {
-				c.refreshGroup(g)
+			if c.enter(ctx, g) {
+				c.refreshGroup(ctx, g)
 				c.leave(1)
 			}
 		}()
@@ -56,7 +59,7 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 	}
 	stop()
 	for _, j := range jobs {
-		c.settle(j)
+		c.respond(j)
 	}
 }
 
@@ -66,12 +69,12 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 // SKIP LOCKED, so a row held elsewhere does not hold up the batch: such a row, one
 // whose claim another attempt holds, and one that changed under its call each go on
 // alone, the per-row way, once the batch has committed.
-func (c *Consumer) refreshBatch(groups []*group) {
+func (c *Consumer) refreshBatch(ctx context.Context, groups []*group) {
 	if !c.naive {
-		if err := c.claimGroups(groups, true); err != nil {
+		if err := c.claimGroups(ctx, groups, true); err != nil {
 			for _, g := range groups {
-				if g.state != settled {
-					g.settle(Retried, err)
+				if g.state != finished {
+					g.setOutcome(Retried, err)
 				}
 			}
 			return
@@ -82,20 +85,20 @@ func (c *Consumer) refreshBatch(groups []*group) {
 				called = append(called, g)
 			}
 		}
-		if called = c.holdBack(called); len(called) > 0 {
-			c.callGroups(called)
-			c.commitGroups(called)
+		if called = c.holdBack(ctx, called); len(called) > 0 {
+			c.callGroups(ctx, called)
+			c.commitGroups(ctx, called)
 		}
 	}
 	var wg sync.WaitGroup
 	for _, g := range groups {
-		if g.state == settled {
+		if g.state == finished {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.refreshGroup(g)
+			c.refreshGroup(ctx, g)
 		}()
 	}
 	wg.Wait()

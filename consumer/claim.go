@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -11,21 +10,14 @@ import (
 	"github.com/refresher/refresher/model"
 )
 
-// errStopping aborts a message whose provider call has not begun when shutdown starts.
-var errStopping = errors.New("shutting down")
-
-// ErrClaimHeld means another attempt's claim on the credential outlived the wait for
-// it (its owner is slow to commit, or the database could not be read meanwhile).
-var ErrClaimHeld = errors.New("another attempt still holds the credential's claim")
-
 // state is where a group stands in claim, call, commit.
 type state int
 
 const (
 	// undecided: not claimed yet, or to be decided again from the row as it now is.
 	undecided state = iota
-	// settled: every job of the group has its outcome.
-	settled
+	// finished: every job of the group has its outcome.
+	finished
 	// waiting: another attempt's live claim holds the row (group.heldBy).
 	waiting
 	// lockedElsewhere: a batch's SKIP LOCKED passed the row over; it goes the per-row way.
@@ -47,9 +39,9 @@ type claim struct {
 // rows (in id order; with skipLocked, rows held elsewhere are passed over), decides
 // each group that needs no provider call, and commits a claim, durably, for each one
 // that does. The connection goes back to the pool before any call is made.
-func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
+func (c *Consumer) claimGroups(ctx context.Context, groups []*group, skipLocked bool) error {
 	defer endSteps(startSteps(groups, "claim"))
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.LockTimeout+c.cfg.statementTimeout())
 	defer cancel()
 	var ids []int64
 	for _, g := range groups {
@@ -67,7 +59,7 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	}
 	defer func() {
 		// Rolled back when it wrote nothing (a skip): no commit to flush.
-		tx.close()
+		tx.close(ctx)
 		c.observer.Transaction(time.Since(start))
 	}()
 	rows, err := lockRows(ctx, tx.conn, ids, skipLocked)
@@ -100,15 +92,15 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 			if slices.Contains(exist, g.key.ID) {
 				g.state = lockedElsewhere
 			} else {
-				g.settle(NotFound, nil)
+				g.setOutcome(NotFound, nil)
 			}
 			continue
 		}
 		switch o, err := c.decide(g.key, row, g.lead.req.requestedAt, g.lead.delivered); {
 		case o != undecidedOutcome:
-			g.settle(o, err)
+			g.setOutcome(o, err)
 			continue
-		case row.liveClaim() && !c.deadOwner(row):
+		case row.liveClaim() && !c.deadOwner(ctx, row):
 			g.state, g.heldBy = waiting, *row.ClaimID
 			continue
 		case claims[row.ID] != 0:
@@ -138,19 +130,19 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	}
 	_, err = tx.writeAndCommit(ctx, claiming,
 		func(gs []*group) (string, error) {
-			some := make(map[int64]int64, len(gs))
+			var ws []claimWrite
 			for _, g := range gs {
 				if g.claim != nil {
-					some[g.key.ID] = g.claim.id
+					ws = append(ws, claimWrite{id: g.key.ID, claimID: g.claim.id, service: g.key.Service, requestedAt: g.lead.req.requestedAt})
 				}
 			}
-			if len(some) == 0 {
+			if len(ws) == 0 {
 				return "", nil
 			}
-			return c.claimSQL(some), nil
+			return c.claimSQL(ws, false), nil
 		},
 		func(g *group, err error) string {
-			g.settle(Retried, fmt.Errorf("claim credential %d: %w", g.key.ID, err))
+			g.setOutcome(Retried, fmt.Errorf("claim credential %d: %w", g.key.ID, err))
 			g.claim = nil
 			return ""
 		})
@@ -165,8 +157,9 @@ func (c *Consumer) claimGroups(groups []*group, skipLocked bool) error {
 	return nil
 }
 
-// settled closes the local channels of claims that are committed, dropped or lost.
-func (c *Consumer) settled(ids []int64) {
+// wakeClaimWaiters closes the local channels of claims that are committed, dropped or
+// lost, waking the duplicates of this process that wait for them (awaitClaim).
+func (c *Consumer) wakeClaimWaiters(ids []int64) {
 	for _, id := range ids {
 		if ch, ok := c.local.LoadAndDelete(id); ok {
 			close(ch.(chan struct{}))
@@ -185,14 +178,14 @@ const (
 // deadOwner reports whether a live claim's owner is known to be dead. A claim younger
 // than the owner TTL is never taken this way: its owner may be a process that has not
 // registered (RefreshNow before Run) or whose first heartbeat is on its way.
-func (c *Consumer) deadOwner(row *lockedRow) bool {
+func (c *Consumer) deadOwner(ctx context.Context, row *lockedRow) bool {
 	if row.ClaimOwner == nil || row.ClaimAge == nil || c.cfg.OwnerTTL <= 0 {
 		return false
 	}
 	if time.Duration(*row.ClaimAge*float64(time.Second)) < c.cfg.OwnerTTL {
 		return false
 	}
-	return c.live.dead(*row.ClaimOwner)
+	return c.live.dead(ctx, *row.ClaimOwner)
 }
 
 // unclaim undoes the claimed state of groups whose claim did not commit.
@@ -204,9 +197,6 @@ func (c *Consumer) unclaim(groups []*group, err error) error {
 	}
 	return err
 }
-
-// undecidedOutcome is decide's answer when the row needs a provider call or waits.
-const undecidedOutcome Outcome = ""
 
 // decide applies the checks a locked row goes through before any provider call. It
 // returns the outcome that settles the request without a call (with the error behind
@@ -232,7 +222,7 @@ func (c *Consumer) decide(key model.Key, row *lockedRow, requestedAt time.Time, 
 // delivery: the message is kept alive by its heartbeats meanwhile. It gives up with
 // errStopping when shutdown begins (unless this is the last delivery), and with
 // ErrClaimHeld once the claim should long have expired.
-func (c *Consumer) awaitClaim(id, heldBy int64, delivered uint64) error {
+func (c *Consumer) awaitClaim(ctx context.Context, id, heldBy int64, delivered uint64) error {
 	giveUp := time.Now().Add(c.cfg.claimTTL() + c.cfg.LockTimeout)
 	delay := 10 * time.Millisecond
 	var lastErr error
@@ -270,14 +260,14 @@ func (c *Consumer) awaitClaim(id, heldBy int64, delivered uint64) error {
 			t.Stop()
 		}
 		delay = min(2*delay, 250*time.Millisecond)
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.statementTimeout())
-		row, err := claimHolder(ctx, c.db, id)
+		lctx, cancel := context.WithTimeout(ctx, c.cfg.statementTimeout())
+		row, err := claimHolder(lctx, c.db, id)
 		cancel()
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		if row == nil || row.ClaimID == nil || *row.ClaimID != heldBy || !row.liveClaim() || c.deadOwner(row) {
+		if row == nil || row.ClaimID == nil || *row.ClaimID != heldBy || !row.liveClaim() || c.deadOwner(ctx, row) {
 			return nil
 		}
 	}

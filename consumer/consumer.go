@@ -244,9 +244,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Work started here outlives ctx: a message under way finishes through the drain.
+	base := context.WithoutCancel(ctx)
 	var background sync.WaitGroup // goroutines that outlive the drain
 	defer background.Wait()
-	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	watchCtx, stopWatch := context.WithCancel(base)
 	defer stopWatch()
 	background.Add(1)
 	go func() {
@@ -260,9 +262,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.live.acquire(ctx)
 	defer c.live.release() // after the drain: claims in flight need the key until then
 	stopSkips, skipsDone := make(chan struct{}), make(chan struct{})
-	go func() { defer close(skipsDone); c.writeSkips(stopSkips, skipsInterval) }()
+	go func() { defer close(skipsDone); c.writeSkips(base, stopSkips, skipsInterval) }()
 	defer func() { close(stopSkips); <-skipsDone }() // the drain's skips are written too
-	c.limitFleet()
+	c.limitFleet(base)
 	defer c.stopLimits() // after the drain: calls in flight give their slots back
 	close(c.ready)
 	names := make([]string, 0, len(services))
@@ -281,10 +283,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	)
 	for name, cons := range services {
 		loops.Add(1)
-		go func() { defer loops.Done(); c.serveService(name, cons, &handlers, lost) }()
+		go func() { defer loops.Done(); c.serveService(base, name, cons, &handlers, lost) }()
 	}
 	loops.Add(1)
-	go func() { defer loops.Done(); c.serveStrays(strays, &handlers, lost) }()
+	go func() { defer loops.Done(); c.serveStrays(base, strays, &handlers, lost) }()
 
 	// Closed without being asked to stop: the NATS connection is gone for good (for
 	// instance the server refused our credentials on reconnect). Exit with an error

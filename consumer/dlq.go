@@ -13,7 +13,7 @@ import (
 // deadLetter copies msg to REFRESH_DLQ, then terminates it, and returns kind. The
 // copy is stored first: if that fails the message is nak'ed (outcome Retried), never
 // terminated without a copy.
-func (c *Consumer) deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata, kind Outcome, cause error, log *slog.Logger) Outcome {
+func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, kind Outcome, cause error, log *slog.Logger) Outcome {
 	reason := cause.Error()
 	if kind == Malformed {
 		reason = "malformed: " + reason
@@ -21,7 +21,7 @@ func (c *Consumer) deadLetter(msg jetstream.Msg, meta *jetstream.MsgMetadata, ki
 		reason = "retried: " + reason
 	}
 	dl := stream.DeadLetterMsg(msg.Subject(), msg.Data(), msg.Headers(), reason, meta.NumDelivered, meta.Sequence.Stream)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if _, err := c.js.PublishMsg(ctx, dl); err != nil {
 		log.Error("dead-letter copy failed; will retry", "reason", reason, "error", err)

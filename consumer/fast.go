@@ -21,24 +21,18 @@ import (
 
 // fastClaim claims g's credential in one statement when it is active, not refreshed
 // since the request, and holds no claim at all. It reports whether it claimed.
-func (c *Consumer) fastClaim(g *group) (bool, error) {
+func (c *Consumer) fastClaim(ctx context.Context, g *group) (bool, error) {
 	if c.isStopping() || c.asyncClaims {
 		return false, nil // the full step decides (Interrupted) or runs the control
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LockTimeout+c.cfg.statementTimeout())
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.LockTimeout+c.cfg.statementTimeout())
 	defer cancel()
 	start := time.Now()
 	spans := startSteps([]*group{g}, "claim")
 	defer endSteps(spans)
 	id := rand.Int64N(1<<62) + 1
 	cred := new(model.Credential)
-	query := c.format(`UPDATE credentials AS c SET claim_id = ?, claim_owner = ?, claim_started_at = now(),
-			claim_expires_at = now() + ?::bigint * interval '1 millisecond'
-		FROM `+c.sql.durableSettings+`
-		WHERE c.id = ? AND c.service = ? AND c.status = ? AND c.claim_id IS NULL
-		  AND (c.refreshed_at IS NULL OR c.refreshed_at <= ?)
-		RETURNING c.*`,
-		id, c.owner, c.cfg.claimTTL().Milliseconds(), g.key.ID, g.key.Service, model.StatusActive, g.lead.req.requestedAt)
+	query := c.claimSQL([]claimWrite{{id: g.key.ID, claimID: id, service: g.key.Service, requestedAt: g.lead.req.requestedAt}}, true)
 	err := c.db.NewRaw(query).Scan(ctx, cred)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
@@ -58,11 +52,13 @@ func (c *Consumer) fastClaim(g *group) (bool, error) {
 // fastCommit stores a successful answer in one statement when the claim is still
 // this attempt's and the row still holds the stored token it presented. It reports
 // whether it wrote; when not (or on an error), the full commit step runs.
-func (c *Consumer) fastCommit(g *group) bool {
+// The provider has answered: the write must not be cancelled with ctx, only given up
+// at the claim's deadline.
+func (c *Consumer) fastCommit(ctx context.Context, g *group) bool {
 	if g.err != nil {
 		return false
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), g.claim.deadline)
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), g.claim.deadline)
 	defer cancel()
 	start := time.Now()
 	spans := startSteps([]*group{g}, "commit")
@@ -72,12 +68,7 @@ func (c *Consumer) fastCommit(g *group) bool {
 	if err != nil {
 		return false
 	}
-	query := c.format(`UPDATE credentials AS c SET
-			access_token = ?, refresh_token = ?, expires_at = ?, refreshed_at = ?, `+refreshedBookkeeping+`, `+clearClaim+`
-		FROM `+c.sql.durableSettings+`
-		WHERE c.id = ? AND c.service = ? AND c.claim_id = ? AND c.refresh_token = ?`,
-		w.access, w.refresh, w.expires, w.refreshedAt, g.key.ID, g.key.Service, g.claim.id, g.claim.cred.RefreshToken)
-	res, err := c.db.ExecContext(ctx, query)
+	res, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w}, true))
 	if err != nil {
 		return false
 	}
@@ -87,7 +78,7 @@ func (c *Consumer) fastCommit(g *group) bool {
 	d := time.Since(start)
 	c.observer.LockWait(d)
 	c.observer.Transaction(d)
-	c.settled([]int64{g.claim.id})
-	g.settleCall(nil)
+	c.wakeClaimWaiters([]int64{g.claim.id})
+	g.setCallOutcomes(nil)
 	return true
 }

@@ -31,7 +31,7 @@ const batchLinger = 2 * time.Millisecond
 // service in this process), and none while the service is paused or its circuit is
 // open: those requests stay in the stream, where waiting costs no delivery, and a
 // paused service's share of the budget cannot hold up the others.
-func (c *Consumer) serveService(service string, cons jetstream.Consumer, handlers *sync.WaitGroup, lost chan<- error) {
+func (c *Consumer) serveService(ctx context.Context, service string, cons jetstream.Consumer, handlers *sync.WaitGroup, lost chan<- error) {
 	held := make(chan struct{}, c.cfg.Concurrency)
 	release := func(n int) {
 		for range n {
@@ -40,7 +40,7 @@ func (c *Consumer) serveService(service string, cons jetstream.Consumer, handler
 	}
 	failing := 0
 	for !c.isStopping() {
-		if c.waitUnblocked(context.Background(), service) {
+		if c.waitUnblocked(ctx, service) {
 			continue
 		}
 		select {
@@ -49,7 +49,7 @@ func (c *Consumer) serveService(service string, cons jetstream.Consumer, handler
 			return
 		}
 		n := 1
-		if !c.limitFleet().Probing(service) { // an open circuit is probed with one request
+		if !c.limitFleet(ctx).Probing(service) { // an open circuit is probed with one request
 			for n < min(c.cfg.Concurrency, fetchMax) {
 				select {
 				case held <- struct{}{}:
@@ -75,7 +75,7 @@ func (c *Consumer) serveService(service string, cons jetstream.Consumer, handler
 			continue
 		}
 		failing = 0
-		got := c.dispatch(batch.Messages(), handlers, func(k int) { release(k) })
+		got := c.dispatch(ctx, batch.Messages(), handlers, func(k int) { release(k) })
 		release(n - got)
 	}
 }
@@ -83,7 +83,7 @@ func (c *Consumer) serveService(service string, cons jetstream.Consumer, handler
 // dispatch starts handlers for the messages of one pull, alone or in batches of
 // BatchSize, and returns how many there were. done(k) frees the places of k handled
 // messages.
-func (c *Consumer) dispatch(msgs <-chan jetstream.Msg, handlers *sync.WaitGroup, done func(int)) int {
+func (c *Consumer) dispatch(ctx context.Context, msgs <-chan jetstream.Msg, handlers *sync.WaitGroup, done func(int)) int {
 	got := 0
 	for {
 		batch := gather(msgs, c.cfg.BatchSize)
@@ -103,9 +103,9 @@ func (c *Consumer) dispatch(msgs <-chan jetstream.Msg, handlers *sync.WaitGroup,
 			defer handlers.Done()
 			defer done(len(batch))
 			if c.cfg.BatchSize > 1 {
-				c.handleBatch(batch)
+				c.handleBatch(ctx, batch)
 			} else {
-				c.handle(batch[0])
+				c.handle(ctx, batch[0])
 			}
 		}()
 	}
@@ -151,7 +151,7 @@ func (c *Consumer) pause(d time.Duration) {
 // serveStrays reads the shared durable, which sees every request: one that a
 // service's durable takes is acknowledged here at once; any other (a service no
 // process serves, a subject that is not refresh.<service>.<id>) is dead-lettered.
-func (c *Consumer) serveStrays(iter jetstream.MessagesContext, handlers *sync.WaitGroup, lost chan<- error) {
+func (c *Consumer) serveStrays(ctx context.Context, iter jetstream.MessagesContext, handlers *sync.WaitGroup, lost chan<- error) {
 	known := &durables{c: c, seen: map[string]durableAnswer{}}
 	for {
 		msg, err := iter.Next()
@@ -165,7 +165,7 @@ func (c *Consumer) serveStrays(iter jetstream.MessagesContext, handlers *sync.Wa
 			c.log.Warn("fetch", "durable", Durable, "error", err)
 			continue
 		}
-		if service, ok := servedSubject(msg.Subject()); ok && known.exists(service) {
+		if service, ok := servedSubject(msg.Subject()); ok && known.exists(ctx, service) {
 			_ = msg.Ack()
 			continue
 		}
@@ -176,7 +176,7 @@ func (c *Consumer) serveStrays(iter jetstream.MessagesContext, handlers *sync.Wa
 		handlers.Add(1)
 		go func() {
 			defer handlers.Done()
-			c.handle(msg)
+			c.handle(ctx, msg)
 		}()
 	}
 }
@@ -209,7 +209,7 @@ const durableRecheck = 10 * time.Second
 
 // exists reports whether service has a durable. A lookup that fails counts as yes:
 // the request is then left to that durable rather than dead-lettered on a guess.
-func (d *durables) exists(service string) bool {
+func (d *durables) exists(ctx context.Context, service string) bool {
 	if _, ok := d.c.providers[service]; ok {
 		return true
 	}
@@ -218,7 +218,7 @@ func (d *durables) exists(service string) bool {
 	if a, ok := d.seen[service]; ok && time.Since(a.at) < durableRecheck {
 		return a.exists
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, err := d.c.js.Consumer(ctx, stream.Stream, ServiceDurable(service))
 	exists := !errors.Is(err, jetstream.ErrConsumerNotFound)

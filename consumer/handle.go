@@ -14,22 +14,6 @@ import (
 	"github.com/refresher/refresher/provider"
 )
 
-// Outcome is what handling one message came to.
-type Outcome string
-
-// Outcomes, as counted in Stats and logged.
-const (
-	Refreshed      Outcome = "refreshed"
-	SkippedFresh   Outcome = "skipped_fresh"
-	SkippedReauth  Outcome = "skipped_reauth"
-	ReauthRequired Outcome = "reauth_required"
-	NotFound       Outcome = "not_found"
-	Retried        Outcome = "retried"
-	DeadLettered   Outcome = "dead_lettered"
-	Malformed      Outcome = "malformed"
-	Interrupted    Outcome = "interrupted"
-)
-
 // request is a parsed refresh message.
 type request struct {
 	key         model.Key
@@ -75,29 +59,31 @@ type job struct {
 }
 
 // handle takes one message to exactly one of ack, nak with delay, or terminate.
-func (c *Consumer) handle(msg jetstream.Msg) {
-	j, ok := c.prepare(msg)
+func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg) {
+	// A message's work is its own: it outlives Run's ctx (the drain finishes it), so
+	// nothing above it is there to cancel it.
+	j, ok := c.prepare(ctx, msg)
 	if !ok {
 		return
 	}
 	stop := c.keepAlive(msg)
 	g := newGroup(j)
-	if c.enter(g) {
-		c.refreshGroup(g)
+	if c.enter(j.ctx, g) {
+		c.refreshGroup(j.ctx, g)
 		c.leave(1)
 	}
 	g.returnPermit()
 	stop()
-	c.settle(j)
+	c.respond(j)
 }
 
 // enter waits for the group's permit (limits) and a place among the calls in flight
 // (REFRESHER_CONCURRENCY), in that order: a request of a paused service holds no
 // place another service could use. A group that shutdown stops before it is settled
 // Interrupted.
-func (c *Consumer) enter(g *group) bool {
-	if err := c.admit(g); err != nil {
-		g.settle(Interrupted, nil)
+func (c *Consumer) enter(ctx context.Context, g *group) bool {
+	if err := c.admit(ctx, g); err != nil {
+		g.setOutcome(Interrupted, nil)
 		return false
 	}
 	return c.enterCalls(g)
@@ -114,7 +100,7 @@ func (c *Consumer) enterCalls(g *group) bool {
 		c.calls <- struct{}{} // the last delivery is worked through
 		return true
 	}
-	g.settle(Interrupted, nil)
+	g.setOutcome(Interrupted, nil)
 	return false
 }
 
@@ -126,8 +112,8 @@ func (c *Consumer) leave(n int) {
 }
 
 // prepare parses a message. A message that is not a valid request is dead-lettered
-// and settled here, and ok is false.
-func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
+// and answered here, and ok is false.
+func (c *Consumer) prepare(ctx context.Context, msg jetstream.Msg) (j *job, ok bool) {
 	c.observer.InFlight(1)
 	j = &job{msg: msg, start: time.Now()}
 	meta, err := msg.Metadata()
@@ -139,7 +125,7 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	}
 	j.meta, j.delivered = meta, meta.NumDelivered
 	j.log = c.log.With("subject", msg.Subject(), "delivery", meta.NumDelivered, "stream_seq", meta.Sequence.Stream)
-	j.startMessageSpan(msg.Subject(), msg.Headers(), meta.Sequence.Stream)
+	j.startMessageSpan(ctx, msg.Subject(), msg.Headers(), meta.Sequence.Stream)
 	header, hasHeader, err := model.RequestedAtHeader(msg.Headers().Values(model.HeaderRequestedAt))
 	if err == nil {
 		j.req, err = parseRequest(msg.Subject(), msg.Data(), header, hasHeader, meta.Timestamp)
@@ -152,15 +138,15 @@ func (c *Consumer) prepare(msg jetstream.Msg) (j *job, ok bool) {
 	if err != nil {
 		j.req = request{}
 		j.outcome, j.err = Malformed, err
-		c.settle(j)
+		c.respond(j)
 		return nil, false
 	}
 	return j, true
 }
 
-// settle acknowledges, terminates, naks or dead-letters a job according to its
-// outcome, then logs and counts it once.
-func (c *Consumer) settle(j *job) {
+// respond answers a job's message by its outcome (ack, terminate, nak or
+// dead-letter), then logs and counts it once.
+func (c *Consumer) respond(j *job) {
 	defer c.observer.InFlight(-1)
 	defer j.endMessageSpan()
 	ack := false
@@ -172,10 +158,10 @@ func (c *Consumer) settle(j *job) {
 	case Interrupted:
 		_ = j.msg.Nak()
 	case Malformed:
-		j.outcome = c.deadLetter(j.msg, j.meta, Malformed, j.err, j.log)
+		j.outcome = c.deadLetter(j.ctx, j.msg, j.meta, Malformed, j.err, j.log)
 	default: // Retried
 		if j.meta.NumDelivered >= uint64(c.cfg.MaxDeliver) {
-			j.outcome = c.deadLetter(j.msg, j.meta, DeadLettered, j.err, j.log)
+			j.outcome = c.deadLetter(j.ctx, j.msg, j.meta, DeadLettered, j.err, j.log)
 			break
 		}
 		delay := c.cfg.backoff(j.meta.NumDelivered, provider.RetryAfter(j.err))
@@ -213,7 +199,7 @@ func (c *Consumer) settle(j *job) {
 		// skip rule turns the redelivery into a no-op.
 		// Bounded well below any drain timeout: a lost ack confirmation (a server
 		// failing over) only means a redelivery, which the skip rule answers.
-		actx, cancel := context.WithTimeout(context.Background(), ackConfirmTimeout)
+		actx, cancel := context.WithTimeout(context.WithoutCancel(j.ctx), ackConfirmTimeout)
 		aerr := j.msg.DoubleAck(actx)
 		cancel()
 		if aerr != nil {

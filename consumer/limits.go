@@ -47,11 +47,11 @@ func (c *Consumer) newLimiter() {
 }
 
 // limitFleet returns the running limits.
-func (c *Consumer) limitFleet() *limit.Fleet {
+func (c *Consumer) limitFleet(ctx context.Context) *limit.Fleet {
 	c.lim.mu.Lock()
 	defer c.lim.mu.Unlock()
 	if !c.lim.running {
-		c.lim.fleet.Start(context.Background())
+		c.lim.fleet.Start(context.WithoutCancel(ctx))
 		c.lim.running = true
 	}
 	return c.lim.fleet
@@ -70,21 +70,22 @@ func (c *Consumer) stopLimits() {
 // no claim, lock or connection, and the message's heartbeats keep it from being
 // redelivered, so it spends no delivery however long a pause or an outage lasts.
 // Shutdown ends the wait (errStopping) except on a message's last delivery.
-func (c *Consumer) admit(g *group) error {
-	return c.admitWithin(g, 0)
+func (c *Consumer) admit(ctx context.Context, g *group) error {
+	return c.admitWithin(ctx, g, 0)
 }
 
 // admitWithin is admit that gives up after d (0: no limit) with errNoPermit. A batch
 // waits for its first group's permit only, and takes the others' if they come at
 // once: holding permits while waiting for more would let processes deadlock on a cap
 // of calls in flight.
-func (c *Consumer) admitWithin(g *group, d time.Duration) error {
+func (c *Consumer) admitWithin(ctx context.Context, g *group, d time.Duration) error {
 	if g.permit != nil || c.naive {
 		return nil
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	// The wait ends with shutdown (below) or d, not with the message's context.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	if d > 0 {
-		ctx, cancel = context.WithTimeout(context.Background(), d)
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), d)
 	}
 	defer cancel()
 	if g.lead.delivered < uint64(c.cfg.MaxDeliver) {
@@ -96,7 +97,7 @@ func (c *Consumer) admitWithin(g *group, d time.Duration) error {
 			}
 		}()
 	}
-	p, err := c.limitFleet().Acquire(ctx, g.key.Service)
+	p, err := c.limitFleet(ctx).Acquire(ctx, g.key.Service)
 	if err != nil {
 		if d > 0 && !c.isStopping() {
 			return errNoPermit
@@ -112,8 +113,8 @@ func (c *Consumer) admitWithin(g *group, d time.Duration) error {
 // was paused or whose circuit opened since their permit, or whose token did not come
 // while their claim had room for the call: their claims are dropped and they wait
 // for the service again, holding nothing. It returns the groups to call.
-func (c *Consumer) holdBack(groups []*group) []*group {
-	fleet := c.limitFleet()
+func (c *Consumer) holdBack(ctx context.Context, groups []*group) []*group {
+	fleet := c.limitFleet(ctx)
 	held := make([]bool, len(groups))
 	var wg sync.WaitGroup
 	for i, g := range groups {
@@ -124,7 +125,7 @@ func (c *Consumer) holdBack(groups []*group) []*group {
 		go func() {
 			defer wg.Done()
 			// The call and the commit must still fit in the claim once the token came.
-			ctx, cancel := context.WithDeadline(context.Background(), g.claim.deadline.Add(-c.cfg.ProviderTimeout-c.cfg.LockTimeout))
+			ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), g.claim.deadline.Add(-c.cfg.ProviderTimeout-c.cfg.LockTimeout))
 			defer cancel()
 			held[i] = fleet.Pace(ctx, g.permit) != nil
 		}()
@@ -141,14 +142,14 @@ func (c *Consumer) holdBack(groups []*group) []*group {
 	if len(back) == 0 {
 		return call
 	}
-	c.releaseClaims(back)
+	c.releaseClaims(ctx, back)
 	ids := make([]int64, len(back))
 	for i, g := range back {
 		ids[i] = g.claim.id
 		g.returnPermit()
 		g.state, g.claim, g.wait = undecided, nil, true
 	}
-	c.settled(ids)
+	c.wakeClaimWaiters(ids)
 	return call
 }
 
@@ -180,7 +181,7 @@ func (g *group) returnPermit() {
 // blocked waits while service's requests should stay in the stream (paused, or its
 // circuit open): it returns when that may have changed, or ctx ends.
 func (c *Consumer) waitUnblocked(ctx context.Context, service string) bool {
-	blocked, wake, changed := c.limitFleet().Blocked(service)
+	blocked, wake, changed := c.limitFleet(ctx).Blocked(service)
 	if !blocked {
 		return false
 	}

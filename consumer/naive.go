@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 
 	"github.com/refresher/refresher/model"
@@ -12,16 +11,15 @@ import (
 // refreshNaive is the read, call, write-back cycle of the periodic job this project
 // replaces, kept only so the lost-update test can show that it loses updates (and so
 // that the test is known to be able to fail). Nothing outside tests can select it.
-func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.claimTTL())
+func (c *Consumer) refreshNaive(ctx context.Context, req request, prov provider.Refresher) (Outcome, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.claimTTL())
 	defer cancel()
-	cred := new(model.Credential)
-	err := c.db.NewSelect().Model(cred).Where("id = ?", req.key.ID).Where("service = ?", req.key.Service).Scan(ctx)
-	if errors.Is(err, sql.ErrNoRows) {
-		return NotFound, nil
-	}
+	cred, err := loadCredential(ctx, c.db, req.key)
 	if err != nil {
 		return Retried, err
+	}
+	if cred == nil {
+		return NotFound, nil
 	}
 	if cred.Status != model.StatusActive {
 		return SkippedReauth, nil
@@ -29,10 +27,10 @@ func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, 
 	if satisfied(cred.RefreshedAt, req.requestedAt) {
 		return SkippedFresh, nil
 	}
-	g := &group{key: req.key, claim: &claim{cred: cred}, lead: &job{prov: prov}}
-	c.callGroups([]*group{g})
+	g := &group{key: req.key, claim: &claim{cred: cred}, lead: &job{ctx: ctx, prov: prov}}
+	c.callGroups(ctx, []*group{g})
 	if errors.Is(g.err, provider.ErrInvalidGrant) {
-		_, err := c.db.ExecContext(ctx, c.reauthSQL([]int64{cred.ID}, errOf(g.err)))
+		_, err := c.db.ExecContext(ctx, c.failuresSQL([]failureWrite{{cred.ID, errOf(g.err)}}, true))
 		return ReauthRequired, err
 	}
 	if g.err != nil {
@@ -42,7 +40,7 @@ func (c *Consumer) refreshNaive(req request, prov provider.Refresher) (Outcome, 
 	if err != nil {
 		return Retried, err
 	}
-	if _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w})); err != nil {
+	if _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w}, false)); err != nil {
 		return Retried, err
 	}
 	return Refreshed, nil

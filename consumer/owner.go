@@ -24,10 +24,13 @@ type liveness struct {
 	c   *Consumer
 	ttl time.Duration
 
-	mu    sync.Mutex // holds, stop, done
+	mu    sync.Mutex // holds, base, stop, done
 	holds int
-	stop  chan struct{}
-	done  chan struct{}
+	// base is what the heartbeat's and release's requests run under: the first
+	// acquire's ctx, never cancelled.
+	base context.Context
+	stop chan struct{}
+	done chan struct{}
 
 	kvMu sync.Mutex
 	kv   jetstream.KeyValue // nil until the bucket could be reached
@@ -90,8 +93,11 @@ func (l *liveness) acquire(ctx context.Context) {
 	} else {
 		l.count(ctx)
 	}
+	// The heartbeat and the final delete serve the holds until the last release, past
+	// any cancellation of the ctx that began them (Run's, at shutdown, before the drain).
+	l.base = context.WithoutCancel(ctx)
 	l.stop, l.done = make(chan struct{}), make(chan struct{})
-	go l.beat(l.stop, l.done)
+	go l.beat(l.base, l.stop, l.done)
 }
 
 // release ends a hold; the last one stops the heartbeat and deletes the key, so that
@@ -108,15 +114,15 @@ func (l *liveness) release() {
 	}
 	close(l.stop)
 	<-l.done
-	if kv, err := l.open(context.Background(), false); err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if kv, err := l.open(l.base, false); err == nil {
+		ctx, cancel := context.WithTimeout(l.base, 2*time.Second)
 		defer cancel()
 		_ = kv.Delete(ctx, OwnerKey(l.c.owner))
 	}
 }
 
 // beat renews the key until stop is closed.
-func (l *liveness) beat(stop, done chan struct{}) {
+func (l *liveness) beat(base context.Context, stop, done chan struct{}) {
 	defer close(done)
 	t := time.NewTicker(l.ttl / 4)
 	defer t.Stop()
@@ -127,7 +133,7 @@ func (l *liveness) beat(stop, done chan struct{}) {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), l.ttl/4)
+		ctx, cancel := context.WithTimeout(base, l.ttl/4)
 		err := l.put(ctx)
 		if err == nil && beat%4 == 0 {
 			l.count(ctx)
@@ -200,18 +206,18 @@ func (l *liveness) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 // dead reports whether owner is known to be dead: its key is gone from the bucket.
 // Anything uncertain (liveness off, the bucket unreachable) answers false: the claim
 // is then waited out to its expiry, never taken from a process that may be alive.
-func (l *liveness) dead(owner string) bool {
+func (l *liveness) dead(ctx context.Context, owner string) bool {
 	if l.ttl <= 0 || owner == "" || owner == l.c.owner {
 		return false
 	}
 	if a, ok := l.answers.Load(owner); ok && time.Since(a.(ownerAnswer).at) < l.ttl/8 {
 		return a.(ownerAnswer).dead
 	}
-	kv, err := l.open(context.Background(), false)
+	kv, err := l.open(ctx, false)
 	if err != nil {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_, err = kv.Get(ctx, OwnerKey(owner))
 	switch {

@@ -69,11 +69,11 @@ func (s *skipCounts) take(now time.Time) map[skipKey]int64 {
 // writeSkips puts the changed minutes into SkipsBucket every interval until stop is
 // closed, then once more. A bucket that cannot be reached costs the chart its skips,
 // nothing else: it is logged once.
-func (c *Consumer) writeSkips(stop <-chan struct{}, interval time.Duration) {
+func (c *Consumer) writeSkips(ctx context.Context, stop <-chan struct{}, interval time.Duration) {
 	var kv jetstream.KeyValue
 	warned := false
 	flush := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		counts := c.skips.take(time.Now())
 		if len(counts) == 0 {

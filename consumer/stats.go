@@ -22,56 +22,75 @@ type Stats struct {
 	TakenOver int64
 }
 
+// field is the counter of outcome o in s (nil for undecidedOutcome, which is never counted).
+func (s *Stats) field(o Outcome) *int64 {
+	switch o {
+	case Refreshed:
+		return &s.Refreshed
+	case SkippedFresh:
+		return &s.SkippedFresh
+	case SkippedReauth:
+		return &s.SkippedReauth
+	case ReauthRequired:
+		return &s.ReauthRequired
+	case NotFound:
+		return &s.NotFound
+	case Retried:
+		return &s.Retried
+	case DeadLettered:
+		return &s.DeadLettered
+	case Malformed:
+		return &s.Malformed
+	case Interrupted:
+		return &s.Interrupted
+	}
+	return nil
+}
+
+// Of is the number of messages that came to outcome o.
+func (s Stats) Of(o Outcome) int64 {
+	if f := s.field(o); f != nil {
+		return *f
+	}
+	return 0
+}
+
 // Add sums two Stats (for fleets).
 func (s Stats) Add(o Stats) Stats {
-	return Stats{
-		Refreshed:      s.Refreshed + o.Refreshed,
-		SkippedFresh:   s.SkippedFresh + o.SkippedFresh,
-		SkippedReauth:  s.SkippedReauth + o.SkippedReauth,
-		ReauthRequired: s.ReauthRequired + o.ReauthRequired,
-		NotFound:       s.NotFound + o.NotFound,
-		Retried:        s.Retried + o.Retried,
-		DeadLettered:   s.DeadLettered + o.DeadLettered,
-		Malformed:      s.Malformed + o.Malformed,
-		Interrupted:    s.Interrupted + o.Interrupted,
-		ProviderCalls:  s.ProviderCalls + o.ProviderCalls,
-		Discarded:      s.Discarded + o.Discarded,
-		TakenOver:      s.TakenOver + o.TakenOver,
+	sum := Stats{
+		ProviderCalls: s.ProviderCalls + o.ProviderCalls,
+		Discarded:     s.Discarded + o.Discarded,
+		TakenOver:     s.TakenOver + o.TakenOver,
 	}
+	for _, oc := range Outcomes() {
+		*sum.field(oc) = s.Of(oc) + o.Of(oc)
+	}
+	return sum
 }
 
 type counters struct {
-	byOutcome     [9]atomic.Int64
+	byOutcome     [numOutcomes]atomic.Int64
 	providerCalls atomic.Int64
 	discarded     atomic.Int64
 	takenOver     atomic.Int64
 }
 
-var outcomeIndex = map[Outcome]int{
-	Refreshed: 0, SkippedFresh: 1, SkippedReauth: 2, ReauthRequired: 3, NotFound: 4,
-	Retried: 5, DeadLettered: 6, Malformed: 7, Interrupted: 8,
-}
-
-func (c *counters) add(o Outcome) { c.byOutcome[outcomeIndex[o]].Add(1) }
+// add counts a message's outcome (an undecided one has a slot of its own, in no
+// Stats field, rather than being filed as some other outcome).
+func (c *counters) add(o Outcome) { c.byOutcome[o].Add(1) }
 func (c *counters) providerCall() { c.providerCalls.Add(1) }
 func (c *counters) discard()      { c.discarded.Add(1) }
 func (c *counters) takeover()     { c.takenOver.Add(1) }
 
 // Stats returns a snapshot of the counters.
 func (c *Consumer) Stats() Stats {
-	n := func(o Outcome) int64 { return c.stats.byOutcome[outcomeIndex[o]].Load() }
-	return Stats{
-		Refreshed:      n(Refreshed),
-		SkippedFresh:   n(SkippedFresh),
-		SkippedReauth:  n(SkippedReauth),
-		ReauthRequired: n(ReauthRequired),
-		NotFound:       n(NotFound),
-		Retried:        n(Retried),
-		DeadLettered:   n(DeadLettered),
-		Malformed:      n(Malformed),
-		Interrupted:    n(Interrupted),
-		ProviderCalls:  c.stats.providerCalls.Load(),
-		Discarded:      c.stats.discarded.Load(),
-		TakenOver:      c.stats.takenOver.Load(),
+	s := Stats{
+		ProviderCalls: c.stats.providerCalls.Load(),
+		Discarded:     c.stats.discarded.Load(),
+		TakenOver:     c.stats.takenOver.Load(),
 	}
+	for _, o := range Outcomes() {
+		*s.field(o) = c.stats.byOutcome[o].Load()
+	}
+	return s
 }

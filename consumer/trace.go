@@ -18,7 +18,7 @@ import (
 // (tracing.Setup, or a test's) every span is a no-op.
 
 // startMessageSpan starts j's span for message headers h.
-func (j *job) startMessageSpan(subject string, h map[string][]string, streamSeq uint64) {
+func (j *job) startMessageSpan(ctx context.Context, subject string, h map[string][]string, streamSeq uint64) {
 	opts := []trace.SpanStartOption{
 		trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(
@@ -32,7 +32,7 @@ func (j *job) startMessageSpan(subject string, h map[string][]string, streamSeq 
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{
 			attribute.String("refresher.link", "published by")}}))
 	}
-	j.ctx, j.span = tracing.Tracer().Start(context.Background(), "refresh", opts...)
+	j.ctx, j.span = tracing.Tracer().Start(ctx, "refresh", opts...)
 }
 
 // endMessageSpan records the outcome and ends j's span.
@@ -43,26 +43,18 @@ func (j *job) endMessageSpan() {
 	if j.req.key.ID != 0 {
 		j.span.SetAttributes(attribute.String("refresher.service", j.req.key.Service), attribute.Int64("refresher.credential_id", j.req.key.ID))
 	}
-	j.span.SetAttributes(attribute.String("refresher.outcome", string(j.outcome)))
+	j.span.SetAttributes(attribute.String("refresher.outcome", j.outcome.String()))
 	if j.err != nil {
 		j.span.SetStatus(codes.Error, j.err.Error())
 	}
 	j.span.End()
 }
 
-// traceCtx is the context child spans of j start from.
-func (j *job) traceCtx() context.Context {
-	if j == nil || j.ctx == nil {
-		return context.Background()
-	}
-	return j.ctx
-}
-
 // startSteps starts one child span named step per group, under its lead job's span.
 func startSteps(groups []*group, step string) []trace.Span {
 	spans := make([]trace.Span, len(groups))
 	for i, g := range groups {
-		_, spans[i] = tracing.Tracer().Start(g.lead.traceCtx(), step, trace.WithAttributes(
+		_, spans[i] = tracing.Tracer().Start(g.lead.ctx, step, trace.WithAttributes(
 			attribute.String("refresher.service", g.key.Service), attribute.Int64("refresher.credential_id", g.key.ID),
 			attribute.Int("refresher.batch", len(groups))))
 	}

@@ -56,7 +56,7 @@ func (c *Consumer) begin(ctx context.Context, durable bool) (*shortTx, error) {
 	}
 	t := &shortTx{conn: conn, open: true, observer: c.observer}
 	if _, err := conn.ExecContext(ctx, begin); err != nil {
-		t.close()
+		t.close(ctx)
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	return t, nil
@@ -83,10 +83,11 @@ func (t *shortTx) commitWith(ctx context.Context, stmts string) error {
 
 // close rolls back what was not committed and gives the connection back. A
 // connection whose transaction state is unknown (ROLLBACK failed) is discarded, never
-// handed to the next user in the middle of a transaction.
-func (t *shortTx) close() {
+// handed to the next user in the middle of a transaction. The ROLLBACK is sent even
+// when ctx is done (that is often why it is needed), within a bound of its own.
+func (t *shortTx) close(ctx context.Context) {
 	if t.open {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		_, err := t.conn.ExecContext(ctx, "ROLLBACK")
 		cancel()
 		if err != nil {

@@ -116,8 +116,20 @@ func WithLogger(l *slog.Logger) Option { return func(p *Publisher) { p.log = l }
 // WithProgress is called with running counts as acks arrive (for terminal progress).
 func WithProgress(fn func(Result)) Option { return func(p *Publisher) { p.progress = fn } }
 
-// WithClock replaces time.Now, for tests of window boundaries.
-func WithClock(now func() time.Time) Option { return func(p *Publisher) { p.now = now } }
+// ValidateWindow checks a dedupe window (WithWindow): 0 (no dedupe) or at least 1s.
+// The error names the value as "window <d>: …", for a caller to prefix ("--" for the
+// flag).
+func ValidateWindow(window time.Duration) error {
+	switch {
+	case window < 0:
+		return fmt.Errorf("window %s: must not be negative", window)
+	case window > 0 && window < time.Second:
+		// Dedupe ids name the window start to the second: two sub-second windows in one
+		// second would share ids, and the second one's requests would be dropped.
+		return fmt.Errorf("window %s: must be 0 (no dedupe) or at least 1s", window)
+	}
+	return nil
+}
 
 // New returns a Publisher on nc. It creates its own JetStream context so that its
 // async-publish limits do not leak into the caller's.
@@ -139,17 +151,12 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	if p.maxInFlight < 1 {
 		return nil, fmt.Errorf("max in-flight %d: must be at least 1", p.maxInFlight)
 	}
-	if p.window < 0 {
-		return nil, fmt.Errorf("window %s: must not be negative", p.window)
+	if err := ValidateWindow(p.window); err != nil {
+		return nil, err
 	}
 	if p.ackTimeout <= 0 {
 		// Without it an ack lost with its connection would be waited for forever.
 		return nil, fmt.Errorf("ack timeout %s: must be positive", p.ackTimeout)
-	}
-	if p.window > 0 && p.window < time.Second {
-		// Dedupe ids name the window start to the second: two sub-second windows in one
-		// second would share ids, and the second one's requests would be dropped.
-		return nil, fmt.Errorf("window %s: must be 0 (no dedupe) or at least 1s", p.window)
 	}
 	if len(p.reason) > model.MaxReasonLen {
 		return nil, fmt.Errorf("reason is %d bytes: at most %d", len(p.reason), model.MaxReasonLen)

@@ -43,15 +43,8 @@ type Run struct {
 	Overran bool
 }
 
-// ScheduleOption tunes Schedule.
+// ScheduleOption tunes Schedule. Its options are test hooks (export_test.go).
 type ScheduleOption func(*schedule)
-
-// ScheduleAfter replaces time.After as the way Schedule waits for the next boundary, so
-// that tests can step through windows with a virtual clock (set with WithClock) instead
-// of waiting them out.
-func ScheduleAfter(after func(time.Duration) <-chan time.Time) ScheduleOption {
-	return func(s *schedule) { s.after = after }
-}
 
 type schedule struct {
 	after func(time.Duration) <-chan time.Time
@@ -176,10 +169,19 @@ func logRun(ctx context.Context, log *slog.Logger, run Run) {
 	log.Info("scheduled publish", args...)
 }
 
+// ValidateEvery checks a schedule period: at least MinEvery. The error names the
+// value as "every <period>: …", for a caller to prefix ("--" for the flag).
+func ValidateEvery(every time.Duration) error {
+	if every < MinEvery {
+		return fmt.Errorf("every %s: must be at least %s", every, MinEvery)
+	}
+	return nil
+}
+
 // validateSchedule refuses what PublishScan would refuse on every run, up front.
 func validateSchedule(scan Scan, every time.Duration) error {
-	if every < MinEvery {
-		return fmt.Errorf("%w: every %s: must be at least %s", ErrBadSchedule, every, MinEvery)
+	if err := ValidateEvery(every); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadSchedule, err)
 	}
 	if err := model.ValidateService(scan.Service); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadSchedule, err)

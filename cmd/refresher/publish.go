@@ -83,8 +83,8 @@ client had already used: they were published under an id of their own.`,
 			if cmd.Flags().Changed("window") {
 				pc.Window = window
 			}
-			if pc.Window < 0 {
-				return usageError{fmt.Errorf("--window %s: must not be negative", pc.Window)}
+			if err := publisher.ValidateWindow(pc.Window); err != nil {
+				return usageError{fmt.Errorf("--%w", err)}
 			}
 			if cmd.Flags().Changed("http") {
 				if !cmd.Flags().Changed("every") {
@@ -95,8 +95,8 @@ client had already used: they were published under an id of their own.`,
 				}
 			}
 			if cmd.Flags().Changed("every") {
-				if every < publisher.MinEvery {
-					return usageError{fmt.Errorf("--every %s: must be at least %s", every, publisher.MinEvery)}
+				if err := publisher.ValidateEvery(every); err != nil {
+					return usageError{fmt.Errorf("--%w", err)}
 				}
 				if cmd.Flags().Changed("window") && window != every {
 					return usageError{fmt.Errorf("--window %s and --every %s: --every sets the dedupe window; give one", window, every)}

@@ -65,10 +65,7 @@ const (
 )
 
 // Outcomes lists every consumer.Outcome, in the order Stats has them.
-var Outcomes = []consumer.Outcome{
-	consumer.Refreshed, consumer.SkippedFresh, consumer.SkippedReauth, consumer.ReauthRequired,
-	consumer.NotFound, consumer.Retried, consumer.DeadLettered, consumer.Malformed, consumer.Interrupted,
-}
+var Outcomes = consumer.Outcomes()
 
 // Metrics is a consumer.Observer that records into its own Prometheus registry.
 // It is safe for concurrent use.
@@ -146,11 +143,11 @@ func New(services ...string) *Metrics {
 	for _, s := range services {
 		m.services[s] = true
 		for _, o := range Outcomes {
-			m.messages.WithLabelValues(s, string(o))
+			m.messages.WithLabelValues(s, o.String())
 		}
 	}
 	m.limits = newLimitMetrics(m.reg, services)
-	m.messages.WithLabelValues(UnknownService, string(consumer.Malformed))
+	m.messages.WithLabelValues(UnknownService, consumer.Malformed.String())
 	for _, s := range services {
 		for _, r := range []string{consumer.DiscardGrantReplaced, consumer.DiscardClaimLost, consumer.DiscardDeleted} {
 			m.discarded.WithLabelValues(s, r)
@@ -200,7 +197,7 @@ func (m *Metrics) service(s string) string {
 
 // MessageDone implements consumer.Observer.
 func (m *Metrics) MessageDone(service string, outcome consumer.Outcome, _ time.Duration) {
-	m.messages.WithLabelValues(m.service(service), string(outcome)).Inc()
+	m.messages.WithLabelValues(m.service(service), outcome.String()).Inc()
 }
 
 // ProviderCall implements consumer.Observer.

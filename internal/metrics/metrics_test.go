@@ -138,17 +138,10 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 
 	body, fams := scrape(t, srv.URL)
 	st := r.Stats()
-	byOutcome := map[consumer.Outcome]int64{
-		consumer.Refreshed: st.Refreshed, consumer.SkippedFresh: st.SkippedFresh,
-		consumer.SkippedReauth: st.SkippedReauth, consumer.ReauthRequired: st.ReauthRequired,
-		consumer.NotFound: st.NotFound, consumer.Retried: st.Retried,
-		consumer.DeadLettered: st.DeadLettered, consumer.Malformed: st.Malformed,
-		consumer.Interrupted: st.Interrupted,
-	}
 	for _, o := range metrics.Outcomes {
-		got := value(t, fams, "refresher_messages_total", map[string]string{"outcome": string(o)})
-		if got != float64(byOutcome[o]) {
-			t.Errorf("refresher_messages_total{outcome=%q} = %v, consumer Stats say %d", o, got, byOutcome[o])
+		got := value(t, fams, "refresher_messages_total", map[string]string{"outcome": o.String()})
+		if got != float64(st.Of(o)) {
+			t.Errorf("refresher_messages_total{outcome=%q} = %v, consumer Stats say %d", o, got, st.Of(o))
 		}
 	}
 	for _, tt := range []struct {
@@ -163,7 +156,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{metrics.UnknownService, consumer.Malformed, 2},
 		{"google", consumer.Malformed, 0}, // created at zero for alerts
 	} {
-		got := value(t, fams, "refresher_messages_total", map[string]string{"service": tt.service, "outcome": string(tt.outcome)})
+		got := value(t, fams, "refresher_messages_total", map[string]string{"service": tt.service, "outcome": tt.outcome.String()})
 		if got != tt.want {
 			t.Errorf("refresher_messages_total{service=%q,outcome=%q} = %v, want %v", tt.service, tt.outcome, got, tt.want)
 		}

@@ -59,14 +59,14 @@ var mutants = []mutant{
 	{
 		name: "skip-rule-never", what: "a request is never taken as satisfied",
 		pkg: "./consumer", test: "TestSkipRule",
-		edits: []edit{{"consumer/skip.go",
+		edits: []edit{{"consumer/skiprule.go",
 			"return refreshedAt != nil && refreshedAt.After(requestedAt)",
 			"return false && refreshedAt != nil && refreshedAt.After(requestedAt)"}},
 	},
 	{
 		name: "skip-rule-always", what: "any refreshed row satisfies any request",
 		pkg: "./consumer", test: "TestSkipRule",
-		edits: []edit{{"consumer/skip.go",
+		edits: []edit{{"consumer/skiprule.go",
 			"return refreshedAt != nil && refreshedAt.After(requestedAt)",
 			"return refreshedAt != nil // any refresh satisfies any request"}},
 	},
@@ -115,7 +115,7 @@ var mutants = []mutant{
 	{
 		name: "claim-fence", what: "the commit step does not check the row still holds the presented token",
 		pkg: "./consumer", test: "TestReauthorisationRace",
-		edits: []edit{{"consumer/refresh.go",
+		edits: []edit{{"consumer/commit.go",
 			"\tcase !c.samePresented(row.RefreshToken, g):\n\t\treturn replacedGrant",
 			"\tcase false && !c.samePresented(row.RefreshToken, g):\n\t\treturn replacedGrant"}},
 	},
@@ -124,7 +124,7 @@ var mutants = []mutant{
 	{
 		name: "ack-inside-transaction", what: "the message is acknowledged after the token write, before COMMIT",
 		pkg: "./consumer", test: "TestAckOnlyAfterCommit",
-		edits: []edit{{"consumer/refresh.go",
+		edits: []edit{{"consumer/commit.go",
 			"\t_, err = tx.writeAndCommit(ctx, groups,\n\t\tfunc(gs []*group) (string, error) { return c.writeSQL(gs, locked, verdicts) },",
 			"\tfor _, g := range groups {\n\t\tif verdicts[g] == writeToken {\n\t\t\tfor _, j := range g.jobs {\n\t\t\t\tif j.msg != nil {\n\t\t\t\t\t_ = j.msg.Ack()\n\t\t\t\t}\n\t\t\t}\n\t\t}\n\t}\n" +
 				"\t_, err = tx.writeAndCommit(ctx, groups,\n\t\tfunc(gs []*group) (string, error) { return c.writeSQL(gs, locked, verdicts) },"}},
@@ -147,22 +147,22 @@ var mutants = []mutant{
 		name: "live-claim-ignored", what: "the claim step takes a row another attempt holds a live claim on",
 		pkg: "./consumer", test: "TestLiveClaimRespected",
 		edits: []edit{{"consumer/claim.go",
-			"\t\tcase row.liveClaim() && !c.deadOwner(row):",
-			"\t\tcase false && row.liveClaim() && !c.deadOwner(row):"}},
+			"\t\tcase row.liveClaim() && !c.deadOwner(ctx, row):",
+			"\t\tcase false && row.liveClaim() && !c.deadOwner(ctx, row):"}},
 	},
 	{
 		name: "token-write-via-pool", what: "the tokens are written through the pool after the checked transaction",
 		pkg: "./consumer", test: "TestTokenWriteInCheckedTransaction",
 		edits: []edit{
-			{"consumer/refresh.go",
+			{"consumer/store.go",
 				"\t\t\ttokens = append(tokens, w)\n",
 				"\t\t\t_ = w\n"},
-			{"consumer/refresh.go",
+			{"consumer/commit.go",
 				"\tif err != nil {\n\t\treturn nil, fmt.Errorf(\"commit: %w\", err)\n\t}\n",
 				"\tif err != nil {\n\t\treturn nil, fmt.Errorf(\"commit: %w\", err)\n\t}\n" +
-					"\ttx.close() // the lock ends here; the write goes through the pool after it\n" +
+					"\ttx.close(ctx) // the lock ends here; the write goes through the pool after it\n" +
 					"\tfor _, g := range groups {\n\t\tif verdicts[g] == writeToken {\n\t\t\tw, err := c.sealed(locked[g.key.ID], g)\n\t\t\tif err != nil {\n\t\t\t\treturn nil, err\n\t\t\t}\n" +
-					"\t\t\tif _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w})); err != nil {\n\t\t\t\treturn nil, err\n\t\t\t}\n\t\t}\n\t}\n"},
+					"\t\t\tif _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w}, false)); err != nil {\n\t\t\t\treturn nil, err\n\t\t\t}\n\t\t}\n\t}\n"},
 		},
 	},
 }

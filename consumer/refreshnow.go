@@ -25,11 +25,14 @@ func (c *Consumer) RefreshNow(ctx context.Context, key model.Key, requestedAt ti
 	if !ok {
 		return Malformed, fmt.Errorf("unknown service %q", key.Service)
 	}
+	// Once started it runs to its own deadlines: abandoning it after the provider
+	// answered would lose the token.
+	ctx = context.WithoutCancel(ctx)
 	c.live.acquire(ctx)
 	defer c.live.release()
-	j := &job{delivered: 1, req: request{key: key, requestedAt: requestedAt}, prov: prov, start: time.Now(), log: c.log}
+	j := &job{ctx: ctx, delivered: 1, req: request{key: key, requestedAt: requestedAt}, prov: prov, start: time.Now(), log: c.log}
 	g := newGroup(j)
-	c.refreshGroup(g)
+	c.refreshGroup(ctx, g)
 	g.returnPermit()
 	return j.outcome, j.err
 }
