@@ -43,7 +43,9 @@ func TestBacklogAfterDowntime(t *testing.T) {
 }
 
 // TestProviderOutage: while the provider answers 503 the fleet backs off instead of
-// hammering it, and every row is refreshed once it is back.
+// hammering it, and every row is refreshed once it is back. The circuit breaker is
+// off: this is the retry schedule on its own (TestOutageWaitsInStream in
+// cmd/refresher has the circuit).
 func TestProviderOutage(t *testing.T) {
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
@@ -53,7 +55,7 @@ func TestProviderOutage(t *testing.T) {
 		cfg.MaxDeliver = 100
 		cfg.Backoff = []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
 		for range 2 {
-			env.StartConsumer(cfg)
+			env.StartConsumer(cfg, env.NoCircuit())
 		}
 		env.Fake.SetOutage(true)
 		outage := time.Now()
