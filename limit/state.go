@@ -92,8 +92,6 @@ type events struct {
 	probe     probeResult
 }
 
-func (e events) empty() bool { return e == events{} }
-
 // merge puts back events whose write failed (e) before the ones that came since.
 func (e events) merge(later events) events {
 	e.release += later.release
