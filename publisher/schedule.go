@@ -12,6 +12,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/refresher/refresher/model"
+	"github.com/refresher/refresher/stream"
 )
 
 // MinEvery is the shortest schedule period. Dedupe ids carry the window start with
@@ -77,6 +78,14 @@ func (p *Publisher) Schedule(ctx context.Context, db bun.IDB, scan Scan, every t
 	s := schedule{after: time.After}
 	for _, o := range opts {
 		o(&s)
+	}
+	// The period is the dedupe window of the ids: it must fit in the stream's
+	// duplicate window, or twin schedulers would request every row twice. Checked
+	// against the stream as it is (when it can be read; EnsureStreams creates it).
+	if info, err := p.js.Stream(ctx, stream.Stream); err == nil {
+		if err := CheckWindow(every, stream.StreamConfig{DuplicateWindow: info.CachedInfo().Config.Duplicates}); err != nil {
+			return err
+		}
 	}
 	log := p.log.With("service", scan.Service, "every", every)
 	log.Info("schedule started", "expiring_within", scan.ExpiringWithin)

@@ -1,10 +1,12 @@
 package publisher_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
 )
@@ -39,5 +41,19 @@ func TestCheckWindow(t *testing.T) {
 		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
 			t.Errorf("%s: CheckWindow(%s, %s) = %v, want an error containing %q", tt.name, tt.window, tt.streams.DuplicateWindow, err, tt.wantErr)
 		}
+	}
+}
+
+// TestScheduleRefusesPeriodOverDuplicateWindow: the library itself, not only the CLI,
+// refuses a schedule whose period the stream's duplicate window cannot dedupe.
+func TestScheduleRefusesPeriodOverDuplicateWindow(t *testing.T) {
+	t.Parallel()
+	env := fleettest.New(t, fleettest.Options{})
+	p := env.Publisher() // the streams, with the default 20m duplicate window
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := p.Schedule(ctx, env.DB, publisher.Scan{Service: "github"}, time.Hour, nil)
+	if err == nil || !strings.Contains(err.Error(), "exceeds REFRESHER_STREAM_DUPLICATE_WINDOW (20m0s)") {
+		t.Fatalf("Schedule every 1h over a 20m duplicate window: %v", err)
 	}
 }
