@@ -42,6 +42,9 @@ against, measured in the same run, and their ratio:
      rate vs min(in flight / latency, the instant-provider rate), peak connections
   5. duplicates: 10 requests per row, provider calls per row, cost of a skip
   6. skip path: rate, and proof from pg_stat_database that it writes nothing
+  7. provider limits: per-row consume with limits that never bind (every call takes
+     its permit, slot and rate token through the shared bucket) vs no limits: the
+     limiter's cost per call
 
 Every consumer and baseline works on a pool of --pool connections (default 8):
 provider calls in flight hold no connection, so the pool does not follow them.
