@@ -128,19 +128,18 @@ func printStatus(w io.Writer, rep status.Report, window time.Duration) error {
 	}
 	p("\n")
 
-	p("CONSUMER\tPENDING\tACK PENDING\tREDELIVERED\tWAITING PULLS\tLAST DELIVERED\tLAST ACKED\n")
+	p("CONSUMER ON %s\tPENDING\tACK PENDING\tREDELIVERED\tWAITING PULLS\tLAST DELIVERED\tLAST ACKED\n", rep.Consumer.Stream)
 	for _, c := range append(serviceDurables(rep.Services), rep.Consumer) {
 		if c.Exists {
 			// Ages only: the report's time is in its first line, and two full timestamps
 			// would take the row past 100 columns.
-			p("%s/%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.Stream, c.Name, c.Pending, c.AckPending, c.Redelivered, c.WaitingPulls,
+			p("%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.Name, c.Pending, c.AckPending, c.Redelivered, c.WaitingPulls,
 				agoKnown(c.LastDelivered, c.LastDeliveredUnknown, now), agoKnown(c.LastAcked, c.LastAckedUnknown, now))
 		} else {
-			p("%s/%s\tdoes not exist yet (created by the first consume)\n", c.Stream, c.Name)
+			p("%s\tdoes not exist yet (created by the first consume)\n", c.Name)
 		}
 	}
 	p("\n")
-	printLimits(p, rep.Services, now)
 
 	d := rep.DeadLetters
 	switch {
@@ -193,6 +192,8 @@ func printStatus(w io.Writer, rep status.Report, window time.Duration) error {
 		row("(all)", cr.Total)
 	}
 	p("(EXPIRED, EXPIRING, NEVER REFRESHED and OLDEST REFRESHED count active rows only)\n")
+	p("\n")
+	printLimits(p, rep.Services, now)
 	printConnections(p, rep.Connections)
 	return errorsAndFlush(tw, rep)
 }
