@@ -39,7 +39,6 @@ func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 	}
 	if len(entered) > 0 {
 		c.refreshBatch(ctx, entered)
-		c.leave(len(entered))
 	}
 	// Groups whose permit did not come at once wait for it alone, holding nothing.
 	var wg sync.WaitGroup
@@ -49,12 +48,12 @@ func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 			defer wg.Done()
 			if c.enter(ctx, g) {
 				c.refreshGroup(ctx, g)
-				c.leave(1)
 			}
 		}()
 	}
 	wg.Wait()
 	for _, g := range groups {
+		c.leaveCalls(g)
 		g.returnPermit()
 	}
 	stop()
@@ -85,9 +84,10 @@ func (c *Consumer) refreshBatch(ctx context.Context, groups []*group) {
 				called = append(called, g)
 			}
 		}
-		if called = c.holdBack(ctx, called); len(called) > 0 {
-			c.callGroups(ctx, called)
-			c.commitGroups(ctx, called)
+		if len(called) > 0 {
+			if called = c.callGroups(ctx, called); len(called) > 0 {
+				c.commitGroups(ctx, called)
+			}
 		}
 	}
 	var wg sync.WaitGroup

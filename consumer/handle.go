@@ -70,8 +70,8 @@ func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg) {
 	g := newGroup(j)
 	if c.enter(j.ctx, g) {
 		c.refreshGroup(j.ctx, g)
-		c.leave(1)
 	}
+	c.leaveCalls(g)
 	g.returnPermit()
 	stop()
 	c.respond(j)
@@ -89,24 +89,31 @@ func (c *Consumer) enter(ctx context.Context, g *group) bool {
 	return c.enterCalls(g)
 }
 
-// enterCalls takes the group's place among the calls in flight.
+// enterCalls takes the group's place among the calls in flight (g.inCalls), unless
+// it has it.
 func (c *Consumer) enterCalls(g *group) bool {
+	if g.inCalls {
+		return true
+	}
 	select {
 	case c.calls <- struct{}{}:
+		g.inCalls = true
 		return true
 	case <-c.stopping:
 	}
 	if g.lead.delivered >= uint64(c.cfg.MaxDeliver) {
 		c.calls <- struct{}{} // the last delivery is worked through
+		g.inCalls = true
 		return true
 	}
 	g.setOutcome(Interrupted, nil)
 	return false
 }
 
-// leave frees n places among the calls in flight.
-func (c *Consumer) leave(n int) {
-	for range n {
+// leaveCalls frees the group's place among the calls in flight, if it has one.
+func (c *Consumer) leaveCalls(g *group) {
+	if g.inCalls {
+		g.inCalls = false
 		<-c.calls
 	}
 }

@@ -108,49 +108,21 @@ func (c *Consumer) admitWithin(ctx context.Context, g *group, d time.Duration) e
 	return nil
 }
 
-// holdBack takes the rate tokens of claimed groups about to be called (limit's
-// Pace: the rate is kept when calls start), and sends back the groups whose service
-// was paused or whose circuit opened since their permit, or whose token did not come
-// while their claim had room for the call: their claims are dropped and they wait
-// for the service again, holding nothing. It returns the groups to call.
-func (c *Consumer) holdBack(ctx context.Context, groups []*group) []*group {
-	fleet := c.limitFleet(ctx)
-	held := make([]bool, len(groups))
-	var wg sync.WaitGroup
-	for i, g := range groups {
-		if g.permit == nil {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// The call and the commit must still fit in the claim once the token came.
-			ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), g.claim.deadline.Add(-c.cfg.ProviderTimeout-c.cfg.LockTimeout))
-			defer cancel()
-			held[i] = fleet.Pace(ctx, g.permit) != nil
-		}()
-	}
-	wg.Wait()
-	var call, back []*group
-	for i, g := range groups {
-		if held[i] {
-			back = append(back, g)
-		} else {
-			call = append(call, g)
-		}
-	}
+// sendBack drops the claims of groups whose call did not start (callGroups) and
+// sends them back to wait for their service, holding nothing: their claims are
+// released, their permits given back.
+func (c *Consumer) sendBack(ctx context.Context, back []*group) {
 	if len(back) == 0 {
-		return call
+		return
 	}
 	c.releaseClaims(ctx, back)
 	ids := make([]int64, len(back))
 	for i, g := range back {
 		ids[i] = g.claim.id
 		g.returnPermit()
-		g.state, g.claim, g.wait = undecided, nil, true
+		g.state, g.claim, g.wait, g.heldBack = undecided, nil, true, false
 	}
 	c.wakeClaimWaiters(ids)
-	return call
 }
 
 // errNoPermit: no permit came within the time given.

@@ -49,6 +49,11 @@ type group struct {
 	// wait: the provider failed in a way that paused its service or opened its
 	// circuit; the group waits for the service again rather than being retried.
 	wait bool
+	// inCalls: the group holds a place among the calls in flight
+	// (REFRESHER_CONCURRENCY), which it gives up while it waits for a permit.
+	inCalls bool
+	// heldBack: the call did not start (see callGroups).
+	heldBack bool
 }
 
 // newGroup returns a group of one job.
@@ -124,9 +129,15 @@ func (c *Consumer) refreshGroup(ctx context.Context, g *group) {
 		switch g.state {
 		case undecided, lockedElsewhere:
 			g.state = undecided
-			if err := c.admit(ctx, g); err != nil {
-				g.setOutcome(Interrupted, nil)
-				continue
+			if g.permit == nil {
+				// Waiting for a permit (again: the provider paused or failed, the call was
+				// held back) holds no place among the calls in flight: another
+				// service's requests may use it meanwhile.
+				c.leaveCalls(g)
+				if err := c.admit(ctx, g); err != nil || !c.enterCalls(g) {
+					g.setOutcome(Interrupted, nil)
+					continue
+				}
 			}
 			if round == 0 {
 				if ok, err := c.fastClaim(ctx, g); ok || err != nil {
@@ -149,10 +160,9 @@ func (c *Consumer) refreshGroup(ctx context.Context, g *group) {
 				g.state = undecided
 			}
 		case claimed:
-			if len(c.holdBack(ctx, []*group{g})) == 0 {
-				continue
+			if len(c.callGroups(ctx, []*group{g})) == 0 {
+				continue // sent back to wait for its service
 			}
-			c.callGroups(ctx, []*group{g})
 			if !c.fastCommit(ctx, g) {
 				c.commitGroups(ctx, []*group{g})
 			}
@@ -163,13 +173,29 @@ func (c *Consumer) refreshGroup(ctx context.Context, g *group) {
 // callGroups calls the provider for every claimed group, concurrently, with no
 // connection or lock held. A call under way is never abandoned to a cancellation
 // (the provider may rotate the token all the same): only ProviderTimeout bounds it.
-func (c *Consumer) callGroups(ctx context.Context, groups []*group) {
+// It returns the groups it called. Each call first takes its rate token (limit's
+// Pace) in the goroutine that makes it, so the pace is kept as close to the provider
+// as the process can; a group whose service was paused or whose circuit opened since
+// its permit, or whose token did not come while its claim had room for the call, is
+// sent back to wait (sendBack).
+func (c *Consumer) callGroups(ctx context.Context, groups []*group) []*group {
+	fleet := c.limitFleet(ctx)
 	var wg sync.WaitGroup
 	for _, g := range groups {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.ProviderTimeout)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if g.permit != nil {
+				// The call and the commit must still fit in the claim once the token came.
+				pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), g.claim.deadline.Add(-c.cfg.ProviderTimeout-c.cfg.LockTimeout))
+				err := fleet.Pace(pctx, g.permit)
+				cancel()
+				if err != nil {
+					g.heldBack = true
+					return
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.ProviderTimeout)
 			defer cancel()
 			g.presented, g.err = c.keyring.Open("refresh_token", g.claim.cred.RefreshToken)
 			if g.err != nil {
@@ -191,4 +217,14 @@ func (c *Consumer) callGroups(ctx context.Context, groups []*group) {
 		}()
 	}
 	wg.Wait()
+	var called, back []*group
+	for _, g := range groups {
+		if g.heldBack {
+			back = append(back, g)
+		} else {
+			called = append(called, g)
+		}
+	}
+	c.sendBack(ctx, back)
+	return called
 }

@@ -33,6 +33,7 @@ func (c *Consumer) RefreshNow(ctx context.Context, key model.Key, requestedAt ti
 	j := &job{ctx: ctx, delivered: 1, req: request{key: key, requestedAt: requestedAt}, prov: prov, start: time.Now(), log: c.log}
 	g := newGroup(j)
 	c.refreshGroup(ctx, g)
+	c.leaveCalls(g)
 	g.returnPermit()
 	return j.outcome, j.err
 }
