@@ -31,14 +31,19 @@ func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 		case i == 0 || len(entered) == 0:
 			// The first was interrupted: so are the others.
 			g.setOutcome(Interrupted, nil)
-		case c.admitWithin(ctx, g, batchPermitWait) == nil && c.enterCalls(g):
+		case c.admitWithin(ctx, g, batchPermitWait) == nil && c.tryEnterCalls(g):
 			entered = append(entered, g)
 		case g.state != finished:
+			// Nothing held while the batch runs: its groups may need permits again.
+			g.returnPermit()
 			later = append(later, g)
 		}
 	}
 	if len(entered) > 0 {
 		c.refreshBatch(ctx, entered)
+		for _, g := range entered {
+			c.leaveCalls(g) // before the others wait for places: no holding while waiting
+		}
 	}
 	// Groups whose permit did not come at once wait for it alone, holding nothing.
 	var wg sync.WaitGroup

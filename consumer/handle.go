@@ -110,6 +110,22 @@ func (c *Consumer) enterCalls(g *group) bool {
 	return false
 }
 
+// tryEnterCalls takes a place among the calls in flight if one is free at once. A
+// batch waits for its first group's place only: waiting for more while holding one
+// would let batches deadlock on REFRESHER_CONCURRENCY.
+func (c *Consumer) tryEnterCalls(g *group) bool {
+	if g.inCalls {
+		return true
+	}
+	select {
+	case c.calls <- struct{}{}:
+		g.inCalls = true
+		return true
+	default:
+		return false
+	}
+}
+
 // leaveCalls frees the group's place among the calls in flight, if it has one.
 func (c *Consumer) leaveCalls(g *group) {
 	if g.inCalls {
