@@ -61,12 +61,21 @@ func (r Rate) DefaultBurst() int {
 	return max(1, int(math.Ceil(r.PerSecond()/10)))
 }
 
-// sendBurst is the burst refresher itself uses: half of Burst (at least one call),
-// which lets a process that takes its token a little late catch up on the pace. The
-// other half is the margin the provider's own count may see on top of the pace:
-// calls start a little after their tokens (scheduling, the network), and calls
-// delayed that way arrive together with calls on time.
-func (r Rate) sendBurst() int { return max(1, (r.Burst+1)/2) }
+// sendBurst is the burst refresher itself uses: a few milliseconds' worth of calls,
+// at least two (a process that takes its token a little late catches up instead of
+// losing it), at most half of Burst. The rest of Burst, and the pace kept at
+// paceShare of the rate, are the margin the provider's own count sees on top: calls
+// start a little after their tokens (scheduling, the network), and calls delayed
+// that way arrive together with calls on time.
+func (r Rate) sendBurst() int {
+	n := max(2, int(math.Ceil(r.PerSecond()*0.005)))
+	return max(1, min(n, (r.Burst+1)/2))
+}
+
+// paceShare is the share of the rate refresher paces at: the margin above keeps a
+// provider's sliding second within rate + burst when calls start up to a tenth of a
+// second late.
+const paceShare = 0.95
 
 // IsZero reports whether r is no limit.
 func (r Rate) IsZero() bool { return r.N == 0 }
@@ -79,8 +88,10 @@ func (r Rate) PerSecond() float64 {
 	return float64(r.N) / r.Per.Seconds()
 }
 
-// interval is the time one call's token takes to come back.
-func (r Rate) interval() time.Duration { return time.Duration(float64(r.Per) / float64(r.N)) }
+// interval is the time one call's token takes to come back, at paceShare of the rate.
+func (r Rate) interval() time.Duration {
+	return time.Duration(float64(r.Per) / (float64(r.N) * paceShare))
+}
 
 // String writes r the way ParseRate reads it, with the burst.
 func (r Rate) String() string {

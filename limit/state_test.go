@@ -102,8 +102,9 @@ func TestRateWindow(t *testing.T) {
 			t.Fatalf("%d grants in the second from %s, want at most %d", n, grants[i].Sub(t0), 50+r.Burst)
 		}
 	}
-	if len(grants) < 500 || len(grants) > 500+r.Burst {
-		t.Fatalf("%d grants in 10 s, want 500 (+ burst %d)", len(grants), r.Burst)
+	// Paced at paceShare of the rate: 475 in 10 s, plus the send burst.
+	if want := int(500 * paceShare); len(grants) < want || len(grants) > want+r.sendBurst() {
+		t.Fatalf("%d grants in 10 s, want %d (+ send burst %d)", len(grants), want, r.sendBurst())
 	}
 }
 
@@ -114,8 +115,8 @@ func TestRefundGivesTokenBack(t *testing.T) {
 	if p.tokens != 1 {
 		t.Fatalf("tokens %d", p.tokens)
 	}
-	if q := makePlan(p.next, events{}, 0, 1, t0, s); q.tokens != 0 || !q.wake.Equal(t0.Add(time.Second)) {
-		t.Fatalf("second token: %d, wake %v; want 0 until t0+1s", q.tokens, q.wake.Sub(t0))
+	if q := makePlan(p.next, events{}, 0, 1, t0, s); q.tokens != 0 || !q.wake.Equal(t0.Add(r.interval())) {
+		t.Fatalf("second token: %d, wake %v; want 0 until t0+%v", q.tokens, q.wake.Sub(t0), r.interval())
 	}
 	q := makePlan(p.next, events{refund: 1}, 0, 1, t0, s)
 	if q.tokens != 1 {
