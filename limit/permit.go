@@ -106,6 +106,7 @@ func (p *Permit) Done(err error) (wait bool) {
 		a := p.a
 		a.mu.Lock()
 		ev := a.eventsFor(p.local)
+		before, admitted := *ev, p.admitted
 		if p.slot {
 			ev.release++
 		}
@@ -150,8 +151,13 @@ func (p *Permit) Done(err error) (wait bool) {
 			ev.successes++
 			ev.failures = 0
 		}
+		news := *ev != before || admitted
 		a.mu.Unlock()
-		a.kick()
+		if news {
+			// Only a change wakes the agent: the common call of a service without
+			// limits costs a lock, no more.
+			a.kick()
+		}
 	})
 	return wait
 }
