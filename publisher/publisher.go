@@ -71,6 +71,10 @@ type Publisher struct {
 // Option configures a Publisher.
 type Option func(*Publisher)
 
+// DefaultWindow is the publish window (WithWindow) of a Publisher configured without
+// one: REFRESHER_PUBLISH_WINDOW's default.
+const DefaultWindow = 15 * time.Minute
+
 // WithWindow sets the schedule period that dedupe ids are built from (default 15m).
 // Publishers that share a window publish each row once per window. Zero disables the
 // dedupe id, so every call is a distinct request.
@@ -135,7 +139,7 @@ func ValidateWindow(window time.Duration) error {
 // async-publish limits do not leak into the caller's.
 func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	p := &Publisher{
-		window:      15 * time.Minute,
+		window:      DefaultWindow,
 		maxInFlight: 1024,
 		retries:     5,
 		ackTimeout:  5 * time.Second,

@@ -260,6 +260,18 @@ func publishAll(ctx context.Context, db *bun.DB, nc *nats.Conn, dups int, log *s
 		wg  sync.WaitGroup
 	)
 	errs := make(chan error, 2*len(Services))
+	// The two schedulers of a service dedupe each other only within one publish
+	// window: starting seconds before a window ends, they could straddle its end and
+	// request some rows twice (correctly, as two windows). The demo shows the dedupe,
+	// so it starts in a window with time left.
+	window := publisher.DefaultWindow
+	if left := time.Until(time.Now().Truncate(window).Add(window)); left < 10*time.Second {
+		select {
+		case <-time.After(left + 100*time.Millisecond):
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+	}
 	for _, s := range Services {
 		for range 2 {
 			wg.Add(1)
