@@ -89,30 +89,28 @@ func (c *Consumer) enter(ctx context.Context, g *group) bool {
 	return c.enterCalls(g)
 }
 
-// enterCalls takes the group's place among the calls in flight (g.inCalls), unless
-// it has it.
+// enterCalls takes the group's place among the calls in flight (g.inCalls), waiting
+// for one; shutdown ends the wait except on a message's last delivery.
 func (c *Consumer) enterCalls(g *group) bool {
-	if g.inCalls {
+	if c.tryEnterCalls(g) {
 		return true
 	}
 	select {
 	case c.calls <- struct{}{}:
-		g.inCalls = true
-		return true
 	case <-c.stopping:
-	}
-	if g.lead.delivered >= uint64(c.cfg.MaxDeliver) {
+		if g.lead.delivered < uint64(c.cfg.MaxDeliver) {
+			g.setOutcome(Interrupted, nil)
+			return false
+		}
 		c.calls <- struct{}{} // the last delivery is worked through
-		g.inCalls = true
-		return true
 	}
-	g.setOutcome(Interrupted, nil)
-	return false
+	g.inCalls = true
+	return true
 }
 
-// tryEnterCalls takes a place among the calls in flight if one is free at once. A
-// batch waits for its first group's place only: waiting for more while holding one
-// would let batches deadlock on REFRESHER_CONCURRENCY.
+// tryEnterCalls takes a place among the calls in flight if one is free at once (or
+// the group has one). A batch waits for its first group's place only: waiting for
+// more while holding one would let batches deadlock on REFRESHER_CONCURRENCY.
 func (c *Consumer) tryEnterCalls(g *group) bool {
 	if g.inCalls {
 		return true
