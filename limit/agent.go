@@ -339,7 +339,7 @@ func (a *agent) degrade(err error) {
 	a.local.Slots, a.local.TAT = nil, 0
 	a.f.o.Log.Warn("provider limits cannot be read from NATS; this process limits itself to its share until they can",
 		"service", a.name, "bucket", Bucket, "share_of", a.f.fleetShare(), "error", err)
-	a.f.o.Observer.LimitChanged(a.name, changeUnreachable)
+	a.f.o.Observer.LimitChanged(a.name, ChangeFallback)
 	a.f.o.Observer.LimitState(a.name, a.local, true)
 }
 

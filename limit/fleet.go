@@ -28,16 +28,14 @@ type Observer interface {
 
 // Changes, as logged and counted (refresher_limit_changes_total{change}).
 const (
-	ChangePaused      = "paused"
-	ChangeResumed     = "resumed"
-	ChangeOpened      = "circuit_opened"
-	ChangeHalfOpen    = "circuit_half_open"
-	ChangeClosed      = "circuit_closed"
-	ChangeReopened    = "circuit_reopened"
-	ChangeFallback    = "fallback"
-	ChangeShared      = "shared"
-	ChangeFirstSeen   = "first_seen"
-	changeUnreachable = ChangeFallback
+	ChangePaused   = "paused"
+	ChangeResumed  = "resumed"
+	ChangeOpened   = "circuit_opened"
+	ChangeHalfOpen = "circuit_half_open"
+	ChangeClosed   = "circuit_closed"
+	ChangeReopened = "circuit_reopened"
+	ChangeFallback = "fallback"
+	ChangeShared   = "shared"
 )
 
 // Options configure a Fleet.
