@@ -14,6 +14,7 @@ import (
 // With enough concurrency to hold every duplicate of a row at once, all but one wait
 // for the claim; waiting spends no delivery, so with MaxDeliver 2 none is dead-lettered.
 func TestBacklogAfterDowntime(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 20 * time.Millisecond, BatchSize: batch})
 		const rows, dups = 100, 10
@@ -47,6 +48,7 @@ func TestBacklogAfterDowntime(t *testing.T) {
 // off: this is the retry schedule on its own (TestOutageWaitsInStream in
 // cmd/refresher has the circuit).
 func TestProviderOutage(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		const rows = 40

@@ -186,6 +186,7 @@ func TestInvalidGrant(t *testing.T) {
 // call began, so a request made while that call is in flight (the token it asks to
 // replace may be the one being issued) gets a refresh of its own.
 func TestRequestDuringRefreshIsNotSatisfiedByIt(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 500 * time.Millisecond, BatchSize: batch})
 		ids := env.Seed("github", 1)

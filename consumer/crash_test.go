@@ -58,6 +58,7 @@ func crashDuringCalls(t *testing.T, batch int, opts ...consumer.Option) (verify.
 // database crash while calls are in flight loses nothing: each call's answer is
 // committed under the claim that survived, with no replaced token presented.
 func TestPostgresCrash(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		rep, env := crashDuringCalls(t, batch)
 		if !rep.OK() {
@@ -75,6 +76,7 @@ func TestPostgresCrash(t *testing.T) {
 // discarded as not this attempt's, and the retry presents a rotated token), which
 // shows that TestPostgresCrash can fail.
 func TestPostgresCrashAsyncClaimsControl(t *testing.T) {
+	t.Parallel()
 	rep, env := crashDuringCalls(t, 1, consumer.WithAsyncClaims())
 	if rep.Rows == 0 {
 		t.Fatal("no credentials after the crash: the seed itself was lost")

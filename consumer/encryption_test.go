@@ -76,6 +76,7 @@ func TestEncryptedTokens(t *testing.T) {
 // TestKeyRotationWhileRunning switches encryption on for a plaintext table, rotates
 // to a new key and rekeys while consumers refresh, then drops the old key.
 func TestKeyRotationWhileRunning(t *testing.T) {
+	t.Parallel()
 	both, parts := keyring(t, "new", "old")
 	old, err := model.ParseKeyring(parts[1])
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 // call). It then kills every session the consumer holds; the commits must reconnect
 // and store every rotated token, with no grace period to fall back on.
 func TestConnectionKilledMidRefresh(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 400 * time.Millisecond, BatchSize: batch})
 		ids := env.Seed("github", 8)
@@ -58,6 +59,7 @@ func TestConnectionKilledMidRefresh(t *testing.T) {
 // during a run of many requests; every request must still end refreshed with the
 // latest token stored and no replaced token sent.
 func TestConnectionsKilledDuringRun(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 5 * time.Millisecond, BatchSize: batch})
 		ids := env.Seed("github", 300)
@@ -106,6 +108,7 @@ func TestConnectionsKilledDuringRun(t *testing.T) {
 // seconds in the middle of a run and starts it again: every request still ends
 // refreshed, with the latest tokens stored and no replaced token sent.
 func TestPostgresStopped(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 20 * time.Millisecond, BatchSize: batch, OwnPostgres: true})
 		ids := env.Seed("github", 200)

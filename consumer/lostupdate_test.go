@@ -43,6 +43,7 @@ func duplicateWorkload(t *testing.T, batch, rows, dups int, opts ...consumer.Opt
 // many duplicate requests for the same rows across several consumers must leave every
 // row with the refresh token the provider issued last, and never send a replaced one.
 func TestNoLostUpdate(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, testNoLostUpdate)
 }
 
@@ -70,6 +71,7 @@ func testNoLostUpdate(t *testing.T, batch int) {
 // TestNaivePathLosesUpdates is the control: the same workload through read, call,
 // write-back without the lock must lose updates, which shows TestNoLostUpdate can fail.
 func TestNaivePathLosesUpdates(t *testing.T) {
+	t.Parallel()
 	const rows, dups = 40, 10
 	env, rep := duplicateWorkload(t, 1, rows, dups, consumer.WithoutLock())
 	st := env.Fake.Stats()

@@ -54,6 +54,7 @@ func runThroughNATSFault(t *testing.T, env *fleettest.Env, rows int, fault func(
 
 // TestNATSRestart restarts nats-server (same store) in the middle of a run.
 func TestNATSRestart(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond, BatchSize: batch})
 		runThroughNATSFault(t, env, 200, func() {
@@ -67,6 +68,7 @@ func TestNATSRestart(t *testing.T) {
 // TestStreamLeaderFailover shuts down the REFRESH stream leader of a 3-node cluster in
 // the middle of a run; the stream is replicated on all three.
 func TestStreamLeaderFailover(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 10 * time.Millisecond, ClusterSize: 3, BatchSize: batch})
 		runThroughNATSFault(t, env, 200, func() {

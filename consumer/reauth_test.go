@@ -19,6 +19,7 @@ import (
 // answer, made from the replaced grant, must be discarded and counted, never written
 // over the application's.
 func TestReauthorisationRace(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name string
 		// fresh: the application also sets refreshed_at, so its grant satisfies the

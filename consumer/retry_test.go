@@ -57,6 +57,7 @@ func TestTransientErrorsRetry(t *testing.T) {
 // TestRateLimitedHonoursRetryAfter: a 429's Retry-After pauses the service: the
 // request waits it out (holding its delivery) and is then refreshed.
 func TestRateLimitedHonoursRetryAfter(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 1)

@@ -17,6 +17,7 @@ import (
 // cancelled context), nothing may be acked uncommitted, and a new consumer finishes the
 // rest with nothing lost.
 func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 300 * time.Millisecond, BatchSize: batch})
 		ids := env.Seed("github", 30)
@@ -64,6 +65,7 @@ func TestGracefulShutdown(t *testing.T) {
 // server-wide idle_in_transaction_session_timeout far shorter than the call changes
 // nothing.
 func TestIdleInTransactionTimeout(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{Latency: 600 * time.Millisecond, BatchSize: batch})
 		ctx := context.Background()
@@ -94,6 +96,7 @@ func TestIdleInTransactionTimeout(t *testing.T) {
 // pool of four connections. Every call finishes and commits within the drain
 // timeout, and every token the provider issued is stored.
 func TestShutdownWithManyCallsInFlight(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		const inFlight = 256
 		env := fleettest.New(t, fleettest.Options{Latency: 3 * time.Second, BatchSize: batch, PoolSize: 4})
@@ -124,6 +127,7 @@ func TestShutdownWithManyCallsInFlight(t *testing.T) {
 // sends the message back with a delay instead of blocking a worker; once the lock is
 // released the refresh completes.
 func TestLockTimeoutBacksOff(t *testing.T) {
+	t.Parallel()
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
 		env := fleettest.New(t, fleettest.Options{BatchSize: batch})
 		ids := env.Seed("github", 1)
@@ -162,6 +166,7 @@ func TestLockTimeoutBacksOff(t *testing.T) {
 // instance the server refused our credentials on reconnect), Run returns an error
 // instead of idling forever, so the process exits and is restarted.
 func TestConnectionClosedEndsRun(t *testing.T) {
+	t.Parallel()
 	env := fleettest.New(t, fleettest.Options{})
 	cfg := env.Config()
 	nc := env.Conn()

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -15,21 +18,30 @@ import (
 	"github.com/refresher/refresher/internal/testtier"
 )
 
-// TestBenchQuickJSON runs `refresher bench --quick --json` in-process and checks that
-// the report has every figure, with its baseline, and numbers that could be true.
+// TestBenchQuickJSON runs `refresher bench --quick --json` at its smallest sizes, as
+// the built binary (the race detector's instrumentation would measure itself), and
+// checks that the report has every figure, with its baseline, and numbers that could
+// be true.
 func TestBenchQuickJSON(t *testing.T) {
+	t.Parallel()
 	testtier.Slow(t, "a subprocess, PostgreSQL and a nats-server")
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	useBenchExe(t, bin)
+	const requests = 200
+	const slowPoints = 2 // --slow-concurrency 16,64
+	cmd := exec.Command(bin, "bench", "--quick", "--json", "--rows", "1000", "--requests", fmt.Sprint(requests),
+		"--concurrency", "8,32", "--slow-concurrency", "16,64")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pgtest.Server(t).AdminURL)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	code, out, stderr := runCLI(t, "bench", "--quick", "--json")
-	if code != 0 {
-		t.Fatalf("bench --quick --json: exit %d\n%s", code, stderr)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench --quick --json: %v\n%s", err, stderr.String())
 	}
 	t.Logf("bench --quick took %s", time.Since(start).Round(time.Millisecond))
+	out := stdout.String()
 
 	var sections map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(out), &sections); err != nil {
@@ -85,7 +97,7 @@ func TestBenchQuickJSON(t *testing.T) {
 			t.Errorf("report does not name the %s", s.name)
 		}
 	}
-	if rep.Consume.Best.Requests != bench.QuickOptions().Requests || len(rep.Consume.Sweep) == 0 {
+	if rep.Consume.Best.Requests != requests || len(rep.Consume.Sweep) == 0 {
 		t.Errorf("consume: best run of %d requests after %d sweep runs", rep.Consume.Best.Requests, len(rep.Consume.Sweep))
 	}
 	if len(rep.Consume.SQLMissing) != 0 {
@@ -94,7 +106,7 @@ func TestBenchQuickJSON(t *testing.T) {
 	if rep.Duplicates.ProviderCalls < int64(rep.Duplicates.Rows) || rep.Duplicates.Refreshed != int64(rep.Duplicates.Rows) {
 		t.Errorf("duplicates: %d provider calls and %d refreshes for %d rows", rep.Duplicates.ProviderCalls, rep.Duplicates.Refreshed, rep.Duplicates.Rows)
 	}
-	if got := len(rep.Slow.Points); got != len(bench.QuickOptions().SlowConcurrencies) {
+	if got := len(rep.Slow.Points); got != slowPoints {
 		t.Errorf("slow provider: %d points", got)
 	}
 	pool := bench.QuickOptions().Pool

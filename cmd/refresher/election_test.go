@@ -56,6 +56,7 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
+	t.Parallel()
 	fx := fleettest.New(t, fleettest.Options{Latency: 20 * time.Millisecond, Grace: 30 * time.Second})
 	ports := freeLoopbackPorts(t, 6)
 	var urls, routes []string

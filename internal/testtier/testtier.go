@@ -7,12 +7,10 @@ import "testing"
 
 // Slow skips t under -short. needs says what the test needs that the fast tier leaves
 // out ("PostgreSQL", "a nats-server", "a subprocess", "seconds of real time"), so the
-// skip says why. A slow test holds the machine shared until it ends, so that a Quiet
-// test in another package waits for it.
+// skip says why.
 func Slow(t testing.TB, needs string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs " + needs + ": skipped with -short")
 	}
-	machine.share(t)
 }
