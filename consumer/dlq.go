@@ -28,6 +28,6 @@ func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jets
 		_ = msg.NakWithDelay(c.cfg.backoff(meta.NumDelivered, 0))
 		return Retried
 	}
-	_ = msg.TermWithReason(dl.Header.Get(stream.HeaderReason)) // as cut for a header
+	c.terminate(msg, dl.Header.Get(stream.HeaderReason)) // as cut for a header
 	return kind
 }

@@ -175,7 +175,7 @@ func (c *Consumer) respond(j *job) {
 	case Refreshed, SkippedFresh, SkippedReauth, NotFound:
 		ack = true // last, once counted: whoever sees the ack sees the count
 	case ReauthRequired:
-		_ = j.msg.TermWithReason("invalid_grant")
+		c.terminate(j.msg, "invalid_grant")
 	case Interrupted:
 		_ = j.msg.Nak()
 	case Malformed:

@@ -248,3 +248,18 @@ func TestParseRequest(t *testing.T) {
 		})
 	}
 }
+
+func TestTermTakesReason(t *testing.T) {
+	for _, tc := range []struct {
+		version string
+		want    bool
+	}{
+		{"2.9.10", false}, {"2.10.0", false}, {"2.10.3", false}, {"2.10.4", true},
+		{"2.10.22", true}, {"2.11.0-RC.1", true}, {"2.15.2", true}, {"3.0.0", true},
+		{"1.4.1", false}, {"", false}, {"unknown", false},
+	} {
+		if got := termTakesReason(tc.version); got != tc.want {
+			t.Errorf("termTakesReason(%q) = %v, want %v", tc.version, got, tc.want)
+		}
+	}
+}

@@ -54,6 +54,9 @@ type Options struct {
 	OwnPostgres bool
 	// PGSettings are extra postgresql.conf lines for the OwnPostgres cluster.
 	PGSettings []string
+	// NATSBinary, when set, runs that nats-server executable (another version than the
+	// one linked in) instead of an in-process server; Env.NATS is then nil.
+	NATSBinary string
 }
 
 // BatchSizes are the consumer modes every invariant is tested in: one row per
@@ -69,20 +72,22 @@ func BothModes(t *testing.T, fn func(t *testing.T, batch int)) {
 
 // Env is one test's world.
 type Env struct {
-	t        testing.TB
-	DB       *bun.DB
-	DBURL    string
-	PG       *pgserver.Server    // set when Options.OwnPostgres
-	NATS     *natsserver.Server  // nil when Cluster is set
-	Cluster  *natsserver.Cluster // nil unless Options.ClusterSize > 1
-	Streams  stream.StreamConfig
-	batch    int
-	Keyring  *model.Keyring
-	Fake     *fake.Provider
-	FakeURL  string
-	Services []string
-	logs     *SyncBuffer
-	Log      *slog.Logger
+	t       testing.TB
+	DB      *bun.DB
+	DBURL   string
+	PG      *pgserver.Server    // set when Options.OwnPostgres
+	NATS    *natsserver.Server  // nil when Cluster or NATSBinary is set
+	Cluster *natsserver.Cluster // nil unless Options.ClusterSize > 1
+	// BinaryURL and BinaryVersion are the Options.NATSBinary server's.
+	BinaryURL, BinaryVersion string
+	Streams                  stream.StreamConfig
+	batch                    int
+	Keyring                  *model.Keyring
+	Fake                     *fake.Provider
+	FakeURL                  string
+	Services                 []string
+	logs                     *SyncBuffer
+	Log                      *slog.Logger
 }
 
 // New starts everything an Env holds; t.Cleanup stops it.
@@ -121,10 +126,13 @@ func New(t testing.TB, o Options) *Env {
 		Services: o.Services, logs: logs, Log: log, Streams: stream.DefaultStreamConfig(),
 		batch: max(o.BatchSize, 1), Keyring: o.Keyring,
 	}
-	if o.ClusterSize > 1 {
+	switch {
+	case o.NATSBinary != "":
+		env.BinaryURL, env.BinaryVersion = natstest.Binary(t, o.NATSBinary)
+	case o.ClusterSize > 1:
 		env.Cluster = natstest.Cluster(t, o.ClusterSize)
 		env.Streams.Replicas = o.ClusterSize
-	} else {
+	default:
 		env.NATS = natstest.Start(t)
 	}
 	return env
@@ -157,6 +165,9 @@ func ownPostgres(t testing.TB, settings ...string) (*pgserver.Server, string) {
 
 // NATSURL is where clients connect: the server, or every server of the cluster.
 func (e *Env) NATSURL() string {
+	if e.BinaryURL != "" {
+		return e.BinaryURL
+	}
 	if e.Cluster != nil {
 		return e.Cluster.URLs()
 	}

@@ -3,7 +3,16 @@
 package natstest
 
 import (
+	"bytes"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/refresher/refresher/internal/natsserver"
 	"github.com/refresher/refresher/internal/testtier"
@@ -34,4 +43,45 @@ func Cluster(t testing.TB, n int) *natsserver.Cluster {
 	}
 	t.Cleanup(c.Shutdown)
 	return c
+}
+
+// Binary starts the nats-server executable at path (another version than the one
+// linked in, such as the distribution's) with JetStream on a free loopback port and
+// its store in the test's temp dir, and returns its URL and its version. It is killed
+// when the test ends.
+func Binary(t testing.TB, path string) (url, version string) {
+	t.Helper()
+	testtier.Slow(t, "a nats-server executable")
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		t.Fatalf("natstest: %s --version: %v", path, err)
+	}
+	version = strings.TrimPrefix(strings.TrimSpace(string(out)), "nats-server: v")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(path, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", t.TempDir())
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("natstest: start %s: %v", path, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	url = fmt.Sprintf("nats://127.0.0.1:%d", port)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		nc, err := nats.Connect(url)
+		if err == nil {
+			nc.Close()
+			return url, version
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("natstest: %s not answering on %s after 10 s: %v\n%s", path, url, err, logs.String())
+		}
+	}
 }
