@@ -165,6 +165,42 @@ var mutants = []mutant{
 					"\t\t\tif _, err := c.db.ExecContext(ctx, c.tokensSQL([]tokenWrite{w}, false)); err != nil {\n\t\t\t\treturn nil, err\n\t\t\t}\n\t\t}\n\t}\n"},
 		},
 	},
+	// Issue 10's protections: the fleet-wide provider limits.
+	{
+		name: "fleet-rate", what: "the rate's tokens are handed out without advancing the shared bucket",
+		pkg: "./limit", test: "TestFleetRateAcrossProcesses",
+		edits: []edit{{"limit/state.go",
+			"\t\tst.TAT = tat + int64(k)*iv\n",
+			"\t\tst.TAT = tat\n"}},
+	},
+	{
+		name: "max-in-flight-own-only", what: "a process counts only its own calls in flight against MAX_IN_FLIGHT",
+		pkg: "./limit", test: "TestFleetMaxInFlightAndLease",
+		edits: []edit{{"limit/state.go",
+			"free := s.MaxInFlight - st.InFlight(now)",
+			"free := s.MaxInFlight - mine.N"}},
+	},
+	{
+		name: "retry-after-ignored", what: "a 429's Retry-After does not pause the service",
+		pkg: "./cmd/refresher", test: "TestRetryAfterPausesFleet",
+		edits: []edit{{"limit/state.go",
+			"\tif ev.pause > 0 {\n",
+			"\tif false && ev.pause > 0 {\n"}},
+	},
+	{
+		name: "circuit-never-opens", what: "the circuit never opens, however many failures in a row",
+		pkg: "./cmd/refresher", test: "TestOutageWaitsInStream",
+		edits: []edit{{"limit/state.go",
+			"if s.CircuitThreshold > 0 && st.Failures >= s.CircuitThreshold {",
+			"if false && s.CircuitThreshold > 0 && st.Failures >= s.CircuitThreshold {"}},
+	},
+	{
+		name: "term-reason-old-server", what: "+TERM carries a reason on servers before 2.10.4, which then redeliver",
+		pkg: "./consumer", test: "TestTerminatedOnSystemNATSServer",
+		edits: []edit{{"consumer/terminate.go",
+			"if termTakesReason(c.js.Conn().ConnectedServerVersion()) {",
+			"if true || termTakesReason(c.js.Conn().ConnectedServerVersion()) {"}},
+	},
 }
 
 func main() {
