@@ -101,7 +101,7 @@ var mutants = []mutant{
 	{
 		name: "dead-letter-id", what: "the dead-letter dedupe id is not derived from the stream sequence alone",
 		pkg: "./consumer", test: "TestMaxDeliveriesAdvisory",
-		edits: []edit{{"consumer/dlq.go",
+		edits: []edit{{"stream/deadletter.go",
 			`return "dlq-" + strconv.FormatUint(seq, 10) }`,
 			`return "dlq-" + strconv.FormatUint(seq, 10) + "-" + strconv.FormatInt(time.Now().UnixNano(), 10) }`}},
 	},
