@@ -15,7 +15,10 @@ type waiter struct{ ch chan *Permit }
 
 // tokenWaiter is a call about to start, waiting for a rate token; it gets nil, or
 // ErrHeld when the service is paused or its circuit opens meanwhile.
-type tokenWaiter struct{ ch chan error }
+type tokenWaiter struct {
+	ch chan error
+	at time.Time // set before nil is sent: when the call may start
+}
 
 // agent is this process's side of one service's shared state: it writes what this
 // process has to report, hands out the permits the state allows, and follows what
@@ -227,12 +230,13 @@ func (a *agent) handOut(p plan, local bool) {
 		a.waiters = a.waiters[1:]
 		w.ch <- pm
 	}
-	for range p.tokens {
+	for _, at := range p.tokenAt {
 		if len(a.tokens) == 0 {
 			a.eventsFor(local).refund++
 			a.kick()
 			continue
 		}
+		a.tokens[0].at = at
 		a.tokens[0].ch <- nil
 		a.tokens = a.tokens[1:]
 	}

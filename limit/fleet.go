@@ -79,6 +79,11 @@ const fallbackFor = 2 * time.Second
 // watch, which may be re-establishing itself after a server restart.
 const pollEvery = 2 * time.Second
 
+// reserveAhead is how long before its time a call's rate token is taken from the
+// bucket (settings.reserveAhead). A tenth of a second covers a round trip to the
+// bucket on a loaded machine; the token's time is kept all the same.
+const reserveAhead = 100 * time.Millisecond
+
 // New prepares the limits of every service; Start shares them.
 func New(js jetstream.JetStream, limits map[string]Limits, o Options) *Fleet {
 	if o.Lease <= 0 {
@@ -95,7 +100,7 @@ func New(js jetstream.JetStream, limits map[string]Limits, o Options) *Fleet {
 	}
 	f := &Fleet{js: js, o: o, agents: make(map[string]*agent, len(limits))}
 	for name, l := range limits {
-		f.agents[name] = newAgent(f, name, settings{Limits: l, owner: o.Owner, lease: o.Lease, probeTimeout: o.ProbeTimeout})
+		f.agents[name] = newAgent(f, name, settings{Limits: l, owner: o.Owner, lease: o.Lease, probeTimeout: o.ProbeTimeout, reserveAhead: reserveAhead})
 	}
 	return f
 }

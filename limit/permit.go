@@ -54,14 +54,28 @@ func (f *Fleet) Pace(ctx context.Context, p *Permit) error {
 	a.kick()
 	select {
 	case err := <-w.ch:
-		if err == nil {
-			a.mu.Lock()
-			p.token = true
-			p.unadmit()
-			a.mu.Unlock()
-			a.kick()
+		if err != nil {
+			return err
 		}
-		return err
+		a.mu.Lock()
+		p.token = true
+		p.unadmit()
+		a.mu.Unlock()
+		a.kick()
+		// A token reserved ahead: its call starts at its time, from here.
+		if wait := time.Until(w.at); wait > 0 {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return ctx.Err() // Return gives the token back
+			}
+			if f.Held(a.name, p) {
+				return ErrHeld // paused or failing while it waited
+			}
+		}
+		return nil
 	case <-ctx.Done():
 		a.mu.Lock()
 		for i, x := range a.tokens {

@@ -129,9 +129,10 @@ type plan struct {
 	next    State
 	granted int // permits (slots)
 	probe   bool
-	tokens  int       // rate tokens, for calls about to start
-	held    bool      // token waiters must go back: the service is paused or failing
-	wake    time.Time // zero: only a change of the state can help
+	tokens  int         // rate tokens, for calls about to start
+	tokenAt []time.Time // when each token's call may start (reserved ahead: later than now)
+	held    bool        // token waiters must go back: the service is paused or failing
+	wake    time.Time   // zero: only a change of the state can help
 }
 
 // settings are what plan needs of one service's limits.
@@ -140,6 +141,11 @@ type settings struct {
 	owner        string
 	lease        time.Duration
 	probeTimeout time.Duration
+	// reserveAhead is how long before its time a rate token may be handed out: the
+	// call waits for its time in its own process, so a slow round trip to the bucket
+	// (a loaded machine, contention between processes) does not make calls late and
+	// lose the rate's slots.
+	reserveAhead time.Duration
 }
 
 // makePlan applies ev, up to want permits and up to tokens rate tokens to cur at now.
@@ -284,12 +290,20 @@ func (st *State) pace(want int, now time.Time, s settings, p *plan) {
 	iv := int64(s.Rate.interval())
 	burst := int64(s.Rate.sendBurst())
 	tat := max(st.TAT, ns)
-	k := min(want, max(int((burst*iv-(tat-ns))/iv), 0))
-	if k < want {
-		at := time.Unix(0, tat+int64(k)*iv+iv-burst*iv)
-		if p.wake.IsZero() || at.Before(p.wake) {
-			p.wake = at
+	// Token j conforms from tat + (j - burst + 1) intervals on; it is handed out up to
+	// reserveAhead before that, with that time to start at.
+	ahead := int64(s.reserveAhead)
+	k := 0
+	for ; k < want; k++ {
+		at := tat + (int64(k)-burst+1)*iv
+		if at > ns+ahead {
+			wake := time.Unix(0, at-ahead)
+			if p.wake.IsZero() || wake.Before(p.wake) {
+				p.wake = wake
+			}
+			break
 		}
+		p.tokenAt = append(p.tokenAt, time.Unix(0, max(at, ns)))
 	}
 	if k > 0 {
 		st.TAT = tat + int64(k)*iv

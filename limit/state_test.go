@@ -261,3 +261,57 @@ func TestShare(t *testing.T) {
 		t.Fatalf("share %+v", l)
 	}
 }
+
+// TestReservedTokensKeepTheirTime: a process that reaches the bucket only every 80 ms
+// (a loaded machine, a slow round trip) still starts calls at the rate when tokens
+// are handed out a tenth of a second ahead with their start times, and never more
+// than the rate plus the burst in any second; without reserving ahead it loses the
+// slots it was late for.
+func TestReservedTokensKeepTheirTime(t *testing.T) {
+	r, _ := ParseRate("50/s")
+	starts := func(ahead time.Duration) []time.Time {
+		s := set(Limits{Rate: r}, "a")
+		s.reserveAhead = ahead
+		var st State
+		var out []time.Time
+		for now := t0; now.Before(t0.Add(10 * time.Second)); now = now.Add(80 * time.Millisecond) {
+			p := makePlan(st, events{}, 0, 10, now, s)
+			st = p.next
+			if len(p.tokenAt) != p.tokens {
+				t.Fatalf("%d tokens with %d start times", p.tokens, len(p.tokenAt))
+			}
+			for _, at := range p.tokenAt {
+				if at.Before(now) || at.After(now.Add(ahead)) {
+					t.Fatalf("token to start at %s handed out at %s (ahead %s)", at.Sub(t0), now.Sub(t0), ahead)
+				}
+				out = append(out, at)
+			}
+		}
+		return out
+	}
+	reserved, late := starts(100*time.Millisecond), starts(0)
+	if worst := busiest(reserved); worst > 50+r.Burst {
+		t.Errorf("reserved ahead: %d calls start in one second, want at most %d", worst, 50+r.Burst)
+	}
+	want := int(500 * paceShare)
+	t.Logf("calls started in 10 s asking every 80 ms: %d reserving ahead, %d not (paced: %d)", len(reserved), len(late), want)
+	if len(reserved) < want-r.Burst {
+		t.Errorf("reserving ahead: %d calls in 10 s, want about %d", len(reserved), want)
+	}
+	if len(late) >= len(reserved) {
+		t.Errorf("without reserving ahead %d calls, with %d: the control shows no loss", len(late), len(reserved))
+	}
+}
+
+// busiest is the most times within any one second.
+func busiest(ts []time.Time) int {
+	worst := 0
+	for i := range ts {
+		n := 0
+		for j := i; j < len(ts) && ts[j].Sub(ts[i]) < time.Second; j++ {
+			n++
+		}
+		worst = max(worst, n)
+	}
+	return worst
+}

@@ -106,25 +106,20 @@ func peakConcurrency(cs []fake.Call) int {
 	return peak
 }
 
-// TestFleetRateLimit: three consume processes, a 50/s limit on github, 1,000 requests:
+// TestFleetRateLimit: three consume processes, a 50/s limit on github, 3,000 requests:
 // the provider never sees more than 50 calls (plus the burst) in any second, and the
-// fleet keeps to at least 85% of the rate.
-//
-// The first is the limit; the second is what a machine can show under load: refresher
-// paces at 95% of the rate, and on two cores shared with another package's tests the
-// calls start late, while the rate's bucket banks no more than the burst for them
-// (measured beside the consumer package's tests: 44.7-46.4/s; alone: 47.4/s).
+// fleet keeps to at least 90% of the rate. The two modes run side by side, each its
+// own fleet and provider, so each measures its rate beside another fleet's load.
 func TestFleetRateLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs consume processes for a minute")
 	}
-	// Serial, its two modes in turn: it measures the provider's second, which the
-	// other limit tests' fleets would blur.
 	fleettest.BothModes(t, func(t *testing.T, batch int) {
+		t.Parallel()
 		fx := fleettest.New(t, fleettest.Options{})
-		const rows, burst = 1000, 5
+		const rows, burst = 3000, 5
 		limitFleet(t, fx, batch, rows, "REFRESHER_GITHUB_RATE=50/s", fmt.Sprintf("REFRESHER_GITHUB_BURST=%d", burst))
-		fx.WaitIdle(time.Minute)
+		fx.WaitIdle(3 * time.Minute)
 		cs := calls(fx, "github")
 		if len(cs) < rows {
 			t.Fatalf("%d calls for %d requests", len(cs), rows)
@@ -136,8 +131,8 @@ func TestFleetRateLimit(t *testing.T) {
 		if worst > 50+burst {
 			t.Errorf("busiest second saw %d calls, limit 50 + burst %d", worst, burst)
 		}
-		if rate < 0.85*50 {
-			t.Errorf("sustained %.2f calls/s, want at least 42.5 (0.85 x 50)", rate)
+		if rate < 0.9*50 {
+			t.Errorf("sustained %.2f calls/s, want at least 45 (0.9 x 50)", rate)
 		}
 		fx.Verify()
 	})
