@@ -6,3 +6,6 @@ func (f *Fleet) Kill() {
 	f.wg.Wait()
 	f.cancel = nil
 }
+
+// Busiest is the most times within any one second.
+var Busiest = busiest

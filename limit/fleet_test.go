@@ -84,14 +84,7 @@ func TestFleetRateAcrossProcesses(t *testing.T) {
 	}
 	wg.Wait()
 	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
-	worst := 0
-	for i := range times {
-		n := 0
-		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second; j++ {
-			n++
-		}
-		worst = max(worst, n)
-	}
+	worst := limit.Busiest(times)
 	took := times[len(times)-1].Sub(times[0])
 	rate := float64(len(times)-r.Burst) / took.Seconds()
 	t.Logf("%d permits over %s: %.1f/s sustained, busiest second %d (limit 50 + burst %d)", len(times), took.Round(time.Millisecond), rate, worst, r.Burst)
