@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -250,12 +251,7 @@ func (f *Fleet) Acquire(ctx context.Context, service string) (*Permit, error) {
 		return p, nil
 	case <-ctx.Done():
 		a.mu.Lock()
-		for i, x := range a.waiters {
-			if x == w {
-				a.waiters = append(a.waiters[:i], a.waiters[i+1:]...)
-				break
-			}
-		}
+		a.waiters = slices.DeleteFunc(a.waiters, func(x *waiter) bool { return x == w })
 		a.mu.Unlock()
 		select {
 		case p := <-w.ch: // granted meanwhile

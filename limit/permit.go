@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -78,12 +79,7 @@ func (f *Fleet) Pace(ctx context.Context, p *Permit) error {
 		return nil
 	case <-ctx.Done():
 		a.mu.Lock()
-		for i, x := range a.tokens {
-			if x == w {
-				a.tokens = append(a.tokens[:i], a.tokens[i+1:]...)
-				break
-			}
-		}
+		a.tokens = slices.DeleteFunc(a.tokens, func(x *tokenWaiter) bool { return x == w })
 		select {
 		case err := <-w.ch:
 			if err == nil {
