@@ -82,14 +82,17 @@ func set(l Limits, owner string) settings {
 func TestRateWindow(t *testing.T) {
 	r, _ := ParseRate("50/s")
 	s := set(Limits{Rate: r}, "a")
+	s.reserveAhead = reserveAhead
 	var st State
-	var grants []time.Time
+	var grants []time.Time // when the calls start
 	now := t0
 	for now.Before(t0.Add(10 * time.Second)) {
 		p := makePlan(st, events{}, 0, 3, now, s)
 		st = p.next
-		for range p.tokens {
-			grants = append(grants, now)
+		for _, at := range p.tokenAt {
+			if at.Before(t0.Add(10 * time.Second)) { // not those reserved for later
+				grants = append(grants, at)
+			}
 		}
 		now = now.Add(time.Millisecond)
 	}
