@@ -56,7 +56,6 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
-	t.Parallel()
 	fx := fleettest.New(t, fleettest.Options{Latency: 20 * time.Millisecond, Grace: 30 * time.Second})
 	ports := freeLoopbackPorts(t, 6)
 	var urls, routes []string
@@ -161,6 +160,9 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	if err := consumer.WaitIdle(wctx, js, 50*time.Millisecond); err != nil {
+		for i, c := range consumers {
+			t.Logf("consumer %d's log, last lines:\n%s", i, lastLines(c.stderr.String(), 40))
+		}
 		t.Fatal(err)
 	}
 	for i, c := range consumers {
@@ -187,4 +189,10 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 	}
 	t.Logf("%s; leader %s killed, processing resumed %s later; %d set-up retries logged during the elections",
 		rep, leader, resumed.Round(time.Millisecond), retries)
+}
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
