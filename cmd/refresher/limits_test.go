@@ -27,6 +27,13 @@ func limitFleet(t *testing.T, fx *fleettest.Env, batch, rows int, extra ...strin
 	for i := range procs {
 		procs[i] = start(t, env, "consume")
 	}
+	t.Cleanup(func() {
+		if t.Failed() { // where the fleet was when the test gave up
+			for i, p := range procs {
+				t.Logf("consume process %d's log, last lines:\n%s", i, lastLines(p.stderr.String(), 60))
+			}
+		}
+	})
 	for _, p := range procs {
 		p.waitBound(t)
 	}
