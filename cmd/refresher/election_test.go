@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/refresher/refresher/consumer"
 	"github.com/refresher/refresher/internal/fleettest"
+	"github.com/refresher/refresher/internal/natsserver"
 	"github.com/refresher/refresher/internal/testtier"
 	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
@@ -27,21 +27,12 @@ type natsNode struct {
 	proc        *proc
 }
 
-// freeLoopbackPorts returns n distinct free ports, held until all are picked.
+// freeLoopbackPorts returns n distinct free ports.
 func freeLoopbackPorts(t *testing.T, n int) []int {
 	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		_ = l.Close()
+	ports, err := natsserver.FreePorts(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
 }

@@ -65,7 +65,7 @@ func StartCluster(n int, root string) (*Cluster, error) {
 }
 
 func (c *Cluster) start(n int) error {
-	ports, err := freePorts(n)
+	ports, err := FreePorts(n)
 	if err != nil {
 		return err
 	}
@@ -104,14 +104,14 @@ func (c *Cluster) start(n int) error {
 	return nil
 }
 
-// freePorts returns n distinct free loopback ports, holding each until all are
+// FreePorts returns n distinct free loopback ports, holding each until all are
 // picked so the kernel cannot hand out one twice.
-func freePorts(n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return nil, fmt.Errorf("nats cluster: find a free port: %w", err)
+			return nil, fmt.Errorf("find a free loopback port: %w", err)
 		}
 		defer l.Close()
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)

@@ -5,7 +5,6 @@ package natstest
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -57,12 +56,11 @@ func Binary(t testing.TB, path string) (url, version string) {
 		t.Fatalf("natstest: %s --version: %v", path, err)
 	}
 	version = strings.TrimPrefix(strings.TrimSpace(string(out)), "nats-server: v")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := natsserver.FreePorts(1)
 	if err != nil {
 		t.Fatalf("natstest: %v", err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := ports[0]
 	cmd := exec.Command(path, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", t.TempDir())
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
