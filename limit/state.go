@@ -129,8 +129,7 @@ type plan struct {
 	next    State
 	granted int // permits (slots)
 	probe   bool
-	tokens  int         // rate tokens, for calls about to start
-	tokenAt []time.Time // when each token's call may start (reserved ahead: later than now)
+	tokenAt []time.Time // rate tokens for calls about to start: when each call may start
 	held    bool        // token waiters must go back: the service is paused or failing
 	wake    time.Time   // zero: only a change of the state can help
 }
@@ -308,7 +307,6 @@ func (st *State) pace(want int, now time.Time, s settings, p *plan) {
 	if k > 0 {
 		st.TAT = tat + int64(k)*iv
 	}
-	p.tokens = k
 }
 
 // MaxPause bounds a Retry-After: a header of days must not stop a service past what

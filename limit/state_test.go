@@ -115,17 +115,17 @@ func TestRefundGivesTokenBack(t *testing.T) {
 	r, _ := ParseRate("1/s")
 	s := set(Limits{Rate: r}, "a")
 	p := makePlan(State{}, events{}, 0, 1, t0, s)
-	if p.tokens != 1 {
-		t.Fatalf("tokens %d", p.tokens)
+	if len(p.tokenAt) != 1 {
+		t.Fatalf("tokens %d", len(p.tokenAt))
 	}
-	if q := makePlan(p.next, events{}, 0, 1, t0, s); q.tokens != 0 || !q.wake.Equal(t0.Add(r.interval())) {
-		t.Fatalf("second token: %d, wake %v; want 0 until t0+%v", q.tokens, q.wake.Sub(t0), r.interval())
+	if q := makePlan(p.next, events{}, 0, 1, t0, s); len(q.tokenAt) != 0 || !q.wake.Equal(t0.Add(r.interval())) {
+		t.Fatalf("second token: %d, wake %v; want 0 until t0+%v", len(q.tokenAt), q.wake.Sub(t0), r.interval())
 	}
 	q := makePlan(p.next, events{refund: 1}, 0, 1, t0, s)
-	if q.tokens != 1 {
-		t.Fatalf("after a refund: tokens %d, want 1", q.tokens)
+	if len(q.tokenAt) != 1 {
+		t.Fatalf("after a refund: tokens %d, want 1", len(q.tokenAt))
 	}
-	if h := makePlan(State{PausedUntil: t0.Add(time.Second).UnixNano()}, events{}, 0, 1, t0, s); !h.held || h.tokens != 0 {
+	if h := makePlan(State{PausedUntil: t0.Add(time.Second).UnixNano()}, events{}, 0, 1, t0, s); !h.held || len(h.tokenAt) != 0 {
 		t.Fatal("a token was taken during a pause")
 	}
 }
@@ -280,9 +280,6 @@ func TestReservedTokensKeepTheirTime(t *testing.T) {
 		for now := t0; now.Before(t0.Add(10 * time.Second)); now = now.Add(80 * time.Millisecond) {
 			p := makePlan(st, events{}, 0, 10, now, s)
 			st = p.next
-			if len(p.tokenAt) != p.tokens {
-				t.Fatalf("%d tokens with %d start times", p.tokens, len(p.tokenAt))
-			}
 			for _, at := range p.tokenAt {
 				if at.Before(now) || at.After(now.Add(ahead)) {
 					t.Fatalf("token to start at %s handed out at %s (ahead %s)", at.Sub(t0), now.Sub(t0), ahead)
