@@ -52,8 +52,12 @@ func WaitIdle(ctx context.Context, js jetstream.JetStream, poll time.Duration) e
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return fmt.Errorf("waiting for the fleet: %w (consumer %s: ack floor %d of %d, pending %d, awaiting ack %d, redelivered %d)",
-					ctx.Err(), last.Name, last.AckFloor.Stream, target, last.NumPending, last.NumAckPending, last.NumRedelivered)
+				leader := "none"
+				if last.Cluster != nil && last.Cluster.Leader != "" {
+					leader = last.Cluster.Leader
+				}
+				return fmt.Errorf("waiting for the fleet: %w (consumer %s on leader %s: ack floor %d of %d, pending %d, awaiting ack %d, redelivered %d, pulls waiting %d)",
+					ctx.Err(), last.Name, leader, last.AckFloor.Stream, target, last.NumPending, last.NumAckPending, last.NumRedelivered, last.NumWaiting)
 			}
 			return fmt.Errorf("waiting for the fleet: %w", ctx.Err())
 		case <-t.C:

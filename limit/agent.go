@@ -217,14 +217,15 @@ func (a *agent) wanted() int {
 func (a *agent) handOut(p plan, local bool) {
 	for i := range p.granted {
 		pm := &Permit{a: a, local: local, probe: p.probe && i == 0, slot: a.s.MaxInFlight > 0, rated: !a.s.Rate.IsZero()}
-		if pm.rated && !pm.probe {
-			pm.admitted = true
-			a.admitted++
-		}
 		if len(a.waiters) == 0 {
+			// Its wait gave up while the state was written: it was never admitted.
 			pm.giveBack(a.eventsFor(local))
 			a.kick()
 			continue
+		}
+		if pm.rated && !pm.probe {
+			pm.admitted = true
+			a.admitted++
 		}
 		w := a.waiters[0]
 		a.waiters = a.waiters[1:]

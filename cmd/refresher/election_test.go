@@ -151,8 +151,17 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	if err := consumer.WaitIdle(wctx, js, 50*time.Millisecond); err != nil {
+		// Where the fleet stands, most telling first: the output of a failed CI run is
+		// cut after its first lines.
+		t.Log(err)
 		for i, c := range consumers {
-			t.Logf("consumer %d's log, last lines:\n%s", i, lastLines(c.stderr.String(), 40))
+			t.Logf("consumer %d's goroutines:\n%s", i, goroutineDump(t, c))
+		}
+		for i, c := range consumers {
+			t.Logf("consumer %d's log, last lines:\n%s", i, lastLines(c.stderr.String(), 15))
+		}
+		for _, n := range nodes {
+			t.Logf("%s's log, last lines:\n%s", n.name, lastLines(n.proc.stderr.String(), 15))
 		}
 		t.Fatal(err)
 	}
@@ -180,6 +189,40 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 	}
 	t.Logf("%s; leader %s killed, processing resumed %s later; %d set-up retries logged during the elections",
 		rep, leader, resumed.Round(time.Millisecond), retries)
+}
+
+// goroutineDump stops a process with SIGQUIT and returns the goroutines the Go
+// runtime then prints that run the module's code, so a stalled process shows where.
+func goroutineDump(t *testing.T, p *proc) string {
+	t.Helper()
+	before := len(p.stderr.String())
+	if err := p.cmd.Process.Signal(syscall.SIGQUIT); err != nil {
+		return err.Error()
+	}
+	p.wait(t, 10*time.Second)
+	// Goroutines stuck at the same place are told once, with their number.
+	count := map[string]int{}
+	var order []string
+	for _, g := range strings.Split(p.stderr.String()[before:], "\n\n") {
+		if !strings.Contains(g, "refresher/refresher/") {
+			continue
+		}
+		head, stack, _ := strings.Cut(g, "\n")
+		state := head
+		if i := strings.Index(head, "["); i >= 0 {
+			state = head[i:]
+		}
+		key := state + "\n" + stack
+		if count[key] == 0 {
+			order = append(order, key)
+		}
+		count[key]++
+	}
+	var out []string
+	for _, k := range order {
+		out = append(out, fmt.Sprintf("%d goroutine(s) %s", count[k], k))
+	}
+	return strings.Join(out, "\n\n")
 }
 
 // lastLines is the last n lines of s.
