@@ -155,13 +155,16 @@ func TestConsumersSurviveClusterElections(t *testing.T) {
 		// cut after its first lines.
 		t.Log(err)
 		for i, c := range consumers {
-			t.Logf("consumer %d's goroutines:\n%s", i, goroutineDump(t, c))
+			t.Logf("consumer %d's log, last lines:\n%s", i, lastLines(c.stderr.String(), 10))
 		}
-		for i, c := range consumers {
-			t.Logf("consumer %d's log, last lines:\n%s", i, lastLines(c.stderr.String(), 15))
+		for _, u := range urls {
+			t.Logf("JetStream as seen from %s:\n%s", u, jetStreamView(u))
 		}
 		for _, n := range nodes {
-			t.Logf("%s's log, last lines:\n%s", n.name, lastLines(n.proc.stderr.String(), 15))
+			t.Logf("%s's log, JetStream lines:\n%s", n.name, jetStreamLines(n.proc.stderr.String(), 20))
+		}
+		for i, c := range consumers {
+			t.Logf("consumer %d's goroutines:\n%s", i, goroutineDump(t, c))
 		}
 		t.Fatal(err)
 	}
@@ -207,7 +210,19 @@ func goroutineDump(t *testing.T, p *proc) string {
 		if !strings.Contains(g, "refresher/refresher/") {
 			continue
 		}
-		head, stack, _ := strings.Cut(g, "\n")
+		head, full, _ := strings.Cut(g, "\n")
+		var frames []string
+		for _, l := range strings.Split(full, "\n") {
+			l = strings.TrimSpace(l)
+			if !strings.Contains(l, "refresher/refresher/") || strings.HasPrefix(l, "/") || strings.HasPrefix(l, "created by") {
+				continue
+			}
+			if i := strings.LastIndex(l, "("); i > 0 && strings.HasSuffix(l, ")") {
+				l = l[:i] // the arguments: addresses, different in every goroutine
+			}
+			frames = append(frames, "  "+l)
+		}
+		stack := strings.Join(frames, "\n")
 		state := head
 		if i := strings.Index(head, "["); i >= 0 {
 			state = head[i:]
@@ -223,6 +238,71 @@ func goroutineDump(t *testing.T, p *proc) string {
 		out = append(out, fmt.Sprintf("%d goroutine(s) %s", count[k], k))
 	}
 	return strings.Join(out, "\n\n")
+}
+
+// jetStreamView describes the REFRESH stream and its durables as the server at url
+// answers about them, each with its leader and replicas, or the error.
+func jetStreamView(url string) string {
+	nc, err := nats.Connect(url, nats.Timeout(2*time.Second))
+	if err != nil {
+		return err.Error()
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	replicas := func(ci *jetstream.ClusterInfo) string {
+		if ci == nil {
+			return "not clustered"
+		}
+		out := "leader " + ci.Leader
+		for _, r := range ci.Replicas {
+			out += fmt.Sprintf(", %s current=%t lag=%d seen %s ago", r.Name, r.Current, r.Lag, r.Active.Round(time.Millisecond))
+		}
+		return out
+	}
+	s, err := js.Stream(ctx, stream.Stream)
+	if err != nil {
+		return "stream: " + err.Error()
+	}
+	si, err := s.Info(ctx)
+	if err != nil {
+		return "stream info: " + err.Error()
+	}
+	lines := []string{fmt.Sprintf("stream %s: %d messages, last seq %d; %s", stream.Stream, si.State.Msgs, si.State.LastSeq, replicas(si.Cluster))}
+	for _, name := range []string{consumer.Durable, consumer.ServiceDurable("github")} {
+		c, err := s.Consumer(ctx, name)
+		if err != nil {
+			lines = append(lines, name+": "+err.Error())
+			continue
+		}
+		ci, err := c.Info(ctx)
+		if err != nil {
+			lines = append(lines, name+" info: "+err.Error())
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("%s: ack floor %d, delivered %d, pending %d, awaiting ack %d, redelivered %d, pulls waiting %d; %s",
+			name, ci.AckFloor.Stream, ci.Delivered.Stream, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.NumWaiting, replicas(ci.Cluster)))
+	}
+	return strings.Join(lines, "\n")
+}
+
+// jetStreamLines is the last n lines of a node's log that speak of JetStream
+// (leaders, catch-up, warnings and errors), without the route connections' churn.
+func jetStreamLines(log string, n int) string {
+	var keep []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "Route connection") || strings.Contains(l, "Router connection") || strings.Contains(l, "to connect to route") {
+			continue
+		}
+		if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) || strings.Contains(l, "JetStream") || strings.Contains(l, "atchup") {
+			keep = append(keep, l)
+		}
+	}
+	return lastLines(strings.Join(keep, "\n"), n)
 }
 
 // lastLines is the last n lines of s.
