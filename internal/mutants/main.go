@@ -195,6 +195,13 @@ var mutants = []mutant{
 			"if false && s.CircuitThreshold > 0 && st.Failures >= s.CircuitThreshold {"}},
 	},
 	{
+		name: "unclaimed-grant-admitted", what: "a permit granted to a wait that gave up still counts among the admitted",
+		pkg: "./limit", test: "TestGrantNobodyWaitsForIsNotAdmitted",
+		edits: []edit{{"limit/agent.go",
+			"\t\tif len(a.waiters) == 0 {\n",
+			"\t\tif pm.rated && !pm.probe {\n\t\t\tpm.admitted = true\n\t\t\ta.admitted++\n\t\t}\n\t\tif len(a.waiters) == 0 {\n"}},
+	},
+	{
 		name: "term-reason-old-server", what: "+TERM carries a reason on servers before 2.10.4, which then redeliver",
 		pkg: "./consumer", test: "TestTerminatedOnSystemNATSServer",
 		edits: []edit{{"consumer/terminate.go",
