@@ -23,6 +23,7 @@ import (
 // checks that the report has every figure, with its baseline, and numbers that could
 // be true.
 func TestBenchQuickJSON(t *testing.T) {
+	t.Parallel()
 	testtier.Slow(t, "a subprocess, PostgreSQL and a nats-server")
 	bin, err := buildBinary()
 	if err != nil {

@@ -51,6 +51,7 @@ func TestFleetFitsStockPostgres(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
+	t.Parallel()
 	const latency = 100 * time.Millisecond
 	fx := fleettest.New(t, fleettest.Options{
 		Latency: latency, OwnPostgres: true, PoolSize: 2,

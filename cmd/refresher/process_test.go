@@ -148,6 +148,7 @@ func TestProcessesEndToEnd(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
+	t.Parallel()
 	// A process killed after the provider rotated a token but before its commit takes
 	// the only copy of the new token with it; real providers answer that with a reuse
 	// interval for the just-replaced token, and so does the fake here. A grace hit is
@@ -323,6 +324,7 @@ func TestSIGKILLFleet(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
+	t.Parallel()
 	fleettest.BothModes(t, testSIGKILLFleet)
 }
 

@@ -151,6 +151,7 @@ func TestSIGKILLRecoveryWithinReuseInterval(t *testing.T) {
 	if _, err := buildBinary(); err != nil {
 		t.Fatal(err)
 	}
+	t.Parallel()
 	kills, rep, tos, fx := sigkillRecovery(t, []string{"REFRESHER_CONCURRENCY=16"}, 5000, 3, 30*time.Second)
 	var slowest time.Duration
 	for _, k := range kills {
