@@ -75,10 +75,26 @@ func (a *agent) fastPermit(now time.Time) *Permit {
 	if local {
 		st = &a.local
 	}
-	if st.Circuit != Closed || st.Paused(now) {
+	if st.Circuit != Closed || st.Paused(now) || a.opening(st, a.eventsFor(local)) {
 		return nil
 	}
 	return &Permit{a: a, local: local}
+}
+
+// opening reports whether the failures this process has seen but not yet written
+// make the run that opens the circuit: the process then starts no more calls by
+// itself, instead of one more round for every write's round trip to the bucket (a
+// loaded machine, a slow cluster). a.mu is held.
+func (a *agent) opening(st *State, ev *events) bool {
+	th := a.s.CircuitThreshold
+	if th <= 0 || ev.failures == 0 {
+		return false
+	}
+	run := ev.failures
+	if ev.successes == 0 {
+		run += st.Failures
+	}
+	return run >= th
 }
 
 func (a *agent) fallback(now time.Time) bool { return now.Before(a.fallbackUntil) }

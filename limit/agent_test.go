@@ -3,6 +3,9 @@ package limit
 import (
 	"log/slog"
 	"testing"
+	"time"
+
+	"github.com/refresher/refresher/provider"
 )
 
 // TestGrantNobodyWaitsForIsNotAdmitted: a permit granted while the agent wrote the
@@ -30,5 +33,32 @@ func TestGrantNobodyWaitsForIsNotAdmitted(t *testing.T) {
 	}
 	if a.pending.refund != 0 || a.pending.release != 0 {
 		t.Fatalf("unclaimed grants of a rate-only service recorded %+v, want nothing to give back", a.pending)
+	}
+}
+
+// TestFailuresStopCallsBeforeTheirWrite: once a process has itself seen the run of
+// failures that opens the circuit, it lets no more calls through on its own copy of
+// the state, which still says closed until the agent has written the run.
+func TestFailuresStopCallsBeforeTheirWrite(t *testing.T) {
+	f := New(nil, map[string]Limits{"svc": DefaultLimits()}, Options{Owner: "me", Log: slog.New(slog.DiscardHandler)})
+	a := f.agents["svc"]
+	down := &provider.TransientError{Status: 503, Reason: "down"}
+	th := DefaultLimits().CircuitThreshold
+	for i := range th {
+		p := a.fastPermit(time.Now())
+		if p == nil {
+			t.Fatalf("call %d refused after %d failures, want calls until %d", i+1, i, th)
+		}
+		p.Done(down)
+	}
+	if p := a.fastPermit(time.Now()); p != nil {
+		t.Fatalf("a call let through after %d failures not yet written (threshold %d)", th, th)
+	}
+	// A success among them ends the run: calls go on.
+	a.mu.Lock()
+	a.pending = events{failures: 2, successes: 1}
+	a.mu.Unlock()
+	if p := a.fastPermit(time.Now()); p == nil {
+		t.Fatal("refused after a success ended the run of failures")
 	}
 }
