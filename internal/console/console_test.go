@@ -23,6 +23,7 @@ import (
 	"github.com/refresher/refresher/internal/console"
 	"github.com/refresher/refresher/internal/fleettest"
 	"github.com/refresher/refresher/internal/pgtest"
+	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/model"
 	"github.com/refresher/refresher/publisher"
 	"github.com/refresher/refresher/stream"
@@ -230,6 +231,31 @@ func TestConsoleHTTP(t *testing.T) {
 	}
 	if s := ov.Services[0]; s.SkippedHour != 7 || s.Skipped[console.ChartMinutes-1] != 7 {
 		t.Fatalf("github skips: hour %d, last minute %d; want 7", s.SkippedHour, s.Skipped[console.ChartMinutes-1])
+	}
+
+	// The provider's state, as the fleet shares it: google's circuit open.
+	lkv, err := limit.OpenBucket(context.Background(), r.env.JS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, err := json.Marshal(limit.State{Circuit: limit.Open, Failures: 5, OpenedAt: time.Now().UnixNano(),
+		NextProbe: time.Now().Add(time.Minute).UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lkv.Put(context.Background(), "google", open); err != nil {
+		t.Fatal(err)
+	}
+	code, body, _ = get(t, c, base+"/")
+	if code != 200 || !strings.Contains(body, `class="warn">open, probe in `) {
+		t.Fatalf("overview does not show google's open circuit: %d\n%s", code, body)
+	}
+	code, body, _ = get(t, c, base+"/api/overview")
+	if err := json.Unmarshal([]byte(body), &ov); code != 200 || err != nil {
+		t.Fatalf("overview JSON: %d %v\n%s", code, err, body)
+	}
+	if l := ov.Services[1].Limits; l == nil || l.Circuit != "open" || l.Failures != 5 || l.NextProbe == nil {
+		t.Fatalf("google's limits in the overview: %+v", l)
 	}
 
 	// Dead letters: filter by the reason group, then replay the one found.

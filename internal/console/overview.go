@@ -80,6 +80,9 @@ type ServiceOverview struct {
 	SkippedHour   int `json:"skipped_last_hour"`
 	FailedHour    int `json:"failed_last_hour"`
 	DeadHour      int `json:"dead_last_hour"`
+	// Limits is the service's fleet-wide provider state (package limit): circuit,
+	// failures in a row, a Retry-After pause, the next probe.
+	Limits *status.ServiceReport `json:"limits,omitempty"`
 }
 
 // OwnerOverview is one consume process: its live claims and whether its liveness key
@@ -185,6 +188,9 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 		s := get(name)
 		s.Credentials, s.ReauthRequired, s.Expired, s.ExpiringSoon = p.Credentials, p.ReauthRequired, p.Expired, p.ExpiringSoon
 		s.Refreshed, s.RefreshedHour, s.Failed, s.FailedHour, s.InFlight = p.Refreshed, p.RefreshedHour, p.Failed, p.FailedHour, p.InFlight
+	}
+	for i := range rep.Services {
+		get(rep.Services[i].Service).Limits = &rep.Services[i]
 	}
 	for name, d := range dlSvc {
 		s := get(name)
@@ -469,6 +475,35 @@ func (c *Console) overviewPage(w http.ResponseWriter, r *http.Request) {
 type overviewView struct {
 	Overview
 	RefreshMS int64
+}
+
+// Provider says how the fleet may call the service's provider at now: "closed", or
+// why not and until when.
+func (s ServiceOverview) Provider(now time.Time) string {
+	l := s.Limits
+	if l == nil {
+		return "closed"
+	}
+	var parts []string
+	if l.PausedUntil != nil && l.PausedUntil.After(now) {
+		p := "paused " + l.PausedUntil.Sub(now).Round(time.Second).String() + " more"
+		if l.PauseReason != "" {
+			p += " (" + l.PauseReason + ")"
+		}
+		parts = append(parts, p)
+	}
+	c := strings.ReplaceAll(l.Circuit, "_", "-")
+	switch {
+	case l.Circuit != "closed" && l.NextProbe != nil && l.NextProbe.After(now):
+		c += ", probe in " + l.NextProbe.Sub(now).Round(time.Second).String()
+	case l.Circuit == "closed" && l.Failures > 0:
+		c += fmt.Sprintf(", %d failures in a row", l.Failures)
+	}
+	parts = append(parts, c)
+	if l.CallsInFlight > 0 {
+		parts = append(parts, fmt.Sprintf("%d slots in use", l.CallsInFlight))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Chart draws a service's last hour as stacked bars (refreshed, skipped, failed, dead) in
