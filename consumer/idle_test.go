@@ -24,16 +24,7 @@ func TestWaitIdleSurvivesALostReply(t *testing.T) {
 		t.Skip("needs a nats-server")
 	}
 	t.Parallel()
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := natstest.Connect(t, natstest.Start(t).URL())
 	ctx := context.Background()
 	if err := stream.EnsureStreams(ctx, js, stream.DefaultStreamConfig()); err != nil {
 		t.Fatal(err)

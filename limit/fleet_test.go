@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/refresher/refresher/internal/natstest"
 	"github.com/refresher/refresher/limit"
 	"github.com/refresher/refresher/provider"
@@ -26,15 +23,7 @@ func fleet(t *testing.T, url string, n int, limits map[string]limit.Limits, o li
 	t.Helper()
 	var out []*limit.Fleet
 	for range n {
-		nc, err := nats.Connect(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, js := natstest.Connect(t, url)
 		oi := o
 		oi.Owner = fmt.Sprintf("process-%d", owners.Add(1))
 		oi.Log = slog.New(slog.DiscardHandler)

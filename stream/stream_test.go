@@ -21,16 +21,7 @@ import (
 // as configured by default. The stream package needs nothing else: no PostgreSQL.
 func newJetStream(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := natstest.Connect(t, natstest.Start(t).URL())
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if err := stream.EnsureStreams(context.Background(), js, stream.DefaultStreamConfig(), stream.WithStreamLogger(quiet)); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refresher/refresher/internal/natsserver"
 	"github.com/refresher/refresher/internal/testtier"
@@ -29,6 +30,21 @@ func Start(t testing.TB) *natsserver.Server {
 	// files before the directory goes.
 	t.Cleanup(s.Shutdown)
 	return s
+}
+
+// Connect opens a connection to url, closed when the test ends, and its JetStream.
+func Connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatalf("natstest: connect %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	return nc, js
 }
 
 // Cluster returns an n-node JetStream cluster (n ≥ 2) that is shut down when the
