@@ -70,10 +70,7 @@ func streamTarget(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return 0, err
-	}
+	info := s.CachedInfo() // as of the lookup just made: no second request
 	if info.State.Msgs == 0 {
 		return 0, nil
 	}
@@ -121,10 +118,7 @@ func fleetIdle(ctx context.Context, js jetstream.JetStream, target uint64) (idle
 		if err != nil {
 			return false, nil, err
 		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return false, nil, err
-		}
+		info := cons.CachedInfo() // the lookup's answer: no second request
 		if (name == Durable && info.AckFloor.Stream < target) || info.NumPending != 0 || info.NumAckPending != 0 || info.NumRedelivered != 0 {
 			return false, info, nil
 		}
