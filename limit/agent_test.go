@@ -49,7 +49,11 @@ func TestFailuresStopCallsBeforeTheirWrite(t *testing.T) {
 		if p == nil {
 			t.Fatalf("call %d refused after %d failures, want calls until %d", i+1, i, th)
 		}
-		p.Done(down)
+		// The failure that completes the run sends its request to wait for the
+		// service; the ones before it retry as usual.
+		if wait := p.Done(down); wait != (i == th-1) {
+			t.Fatalf("failure %d of %d: wait %t", i+1, th, wait)
+		}
 	}
 	if p := a.fastPermit(time.Now()); p != nil {
 		t.Fatalf("a call let through after %d failures not yet written (threshold %d)", th, th)

@@ -139,15 +139,6 @@ func (p *Permit) Done(err error) (wait bool) {
 		default:
 			failed = true
 		}
-		if failed || paused {
-			st := &a.cur
-			if p.local {
-				st = &a.local
-			}
-			th := a.s.CircuitThreshold
-			wait = paused || p.probe || st.Circuit != Closed || st.Paused(time.Now()) ||
-				(th > 0 && st.Failures+ev.failures+1 >= th)
-		}
 		switch {
 		case p.probe && neutral:
 			ev.probe = probeReturned
@@ -160,6 +151,13 @@ func (p *Permit) Done(err error) (wait bool) {
 		case !neutral && (a.cur.Failures > 0 || ev.failures > 0):
 			ev.successes++
 			ev.failures = 0
+		}
+		if failed || paused {
+			st := &a.cur
+			if p.local {
+				st = &a.local
+			}
+			wait = paused || p.probe || st.Circuit != Closed || st.Paused(time.Now()) || a.opening(st, ev)
 		}
 		news := *ev != before || admitted
 		a.mu.Unlock()
