@@ -186,6 +186,16 @@ func csrfOf(t *testing.T, body string) string {
 // overview and its JSON, the dead letters filtered by reason, a replay after its
 // confirmation, a purge of everything matching a filter, a credential's page and its
 // "refresh now", forged POSTs refused, and no token in any page.
+// serviceDurable creates a service's durable as a consume process serving it would,
+// so that requests published to it wait there as its backlog.
+func serviceDurable(t *testing.T, js jetstream.JetStream, service string) {
+	t.Helper()
+	if _, err := js.CreateConsumer(context.Background(), stream.Stream, jetstream.ConsumerConfig{
+		Durable: consumer.ServiceDurable(service), FilterSubject: stream.ServiceRequests(service), AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestConsoleHTTP(t *testing.T) {
 	r := newRig(t, console.Options{})
 	c := client(t)
@@ -256,6 +266,23 @@ func TestConsoleHTTP(t *testing.T) {
 	}
 	if l := ov.Services[1].Limits; l == nil || l.Circuit != "open" || l.Failures != 5 || l.NextProbe == nil {
 		t.Fatalf("google's limits in the overview: %+v", l)
+	}
+
+	// A backlog: okta's durable holds three requests no process serves yet.
+	serviceDurable(t, r.env.JS(), "okta")
+	firstOkta := time.Now()
+	for id := 1; id <= 3; id++ {
+		if _, err := r.env.JS().Publish(context.Background(), fmt.Sprintf("refresh.okta.%d", id), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, body, _ = get(t, c, base+"/api/overview")
+	if err := json.Unmarshal([]byte(body), &ov); code != 200 || err != nil {
+		t.Fatalf("overview JSON: %d %v\n%s", code, err, body)
+	}
+	if len(ov.Services) != 3 || ov.Services[2].Service != "okta" || ov.Services[2].Backlog != 3 ||
+		ov.Services[2].OldestPending == nil || ov.Services[2].OldestPending.Before(firstOkta.Add(-time.Second)) {
+		t.Fatalf("okta's backlog in the overview: %+v", ov.Services)
 	}
 
 	// Dead letters: filter by the reason group, then replay the one found.

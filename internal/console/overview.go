@@ -148,7 +148,7 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 	}
 	ov.Stream, ov.Consumer, ov.Connections = rep.Stream, rep.Consumer, rep.Connections
 	ov.DeadLetters = rep.DeadLetters.Messages
-	lap("streams and connections")
+	lap("streams, services and connections")
 	dlSvc := map[string]*ServiceOverview{}
 	if rep.DeadLetters.Exists {
 		if err := c.deadLetterSummary(ctx, &ov, getter(dlSvc)); err != nil {
@@ -156,17 +156,6 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 		}
 	}
 	lap("dead letters")
-	blSvc := map[string]*ServiceOverview{}
-	if rep.Stream.Exists {
-		get := getter(blSvc)
-		for _, name := range c.opts.Services {
-			get(name)
-		}
-		if err := c.backlog(ctx, rep.Consumer, blSvc); err != nil {
-			fail("backlog", err)
-		}
-	}
-	lap("backlog")
 	skips, err := consumer.SkipsPerMinute(ctx, c.js)
 	if err != nil {
 		fail("skips", err)
@@ -189,8 +178,12 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 		s.Credentials, s.ReauthRequired, s.Expired, s.ExpiringSoon = p.Credentials, p.ReauthRequired, p.Expired, p.ExpiringSoon
 		s.Refreshed, s.RefreshedHour, s.Failed, s.FailedHour, s.InFlight = p.Refreshed, p.RefreshedHour, p.Failed, p.FailedHour, p.InFlight
 	}
+	// Each service durable's backlog, oldest waiting request and provider state, as
+	// status read them above.
 	for i := range rep.Services {
-		get(rep.Services[i].Service).Limits = &rep.Services[i]
+		r := &rep.Services[i]
+		s := get(r.Service)
+		s.Backlog, s.OldestPending, s.Limits = r.Durable.Pending, r.OldestWaiting, r
 	}
 	for name, d := range dlSvc {
 		s := get(name)
@@ -204,20 +197,6 @@ func (c *Console) GatherOverview(ctx context.Context) Overview {
 				s.Skipped[i] += int(n)
 				s.SkippedHour += int(n)
 			}
-		}
-	}
-	// Services the configuration does not name, found in the table or dead letters.
-	extra := map[string]*ServiceOverview{}
-	for name, s := range svc {
-		if b, ok := blSvc[name]; ok {
-			s.Backlog, s.OldestPending = b.Backlog, b.OldestPending
-		} else if rep.Stream.Exists {
-			extra[name] = s
-		}
-	}
-	if len(extra) > 0 {
-		if err := c.backlog(ctx, rep.Consumer, extra); err != nil {
-			fail("backlog", err)
 		}
 	}
 	if err := c.liveOwners(ctx, &ov); err != nil {
@@ -422,35 +401,6 @@ func (c *Console) deadLetterSummary(ctx context.Context, ov *Overview, get func(
 		ov.TopReasons = ov.TopReasons[:5]
 	}
 	return err
-}
-
-// backlog reads, per service, the requests not yet delivered and the oldest one not
-// yet acknowledged, from the service's durable consumer.
-func (c *Console) backlog(ctx context.Context, _ status.ConsumerReport, svc map[string]*ServiceOverview) error {
-	var errs []error
-	for name, so := range svc {
-		ci, err := c.js.Consumer(ctx, stream.Stream, consumer.ServiceDurable(name))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			continue
-		}
-		var info *jetstream.ConsumerInfo
-		if err == nil {
-			info, err = ci.Info(ctx)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: backlog: %w", name, err))
-			continue
-		}
-		so.Backlog = info.NumPending
-		at, ok, err := consumer.OldestRequest(ctx, c.js, name)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: oldest request: %w", name, err))
-		} else if ok {
-			t := at.UTC()
-			so.OldestPending = &t
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func (c *Console) overviewJSON(w http.ResponseWriter, r *http.Request) {
