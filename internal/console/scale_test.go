@@ -45,6 +45,7 @@ func TestOverviewScale(t *testing.T) {
 		// backlog counts walk a stream of rows messages.
 		t0 := time.Now()
 		for _, s := range []string{"github", "google"} {
+			serviceDurable(t, env.JS(), s) // where the backlog is counted
 			if _, err := p.PublishScan(ctx, env.DB, publisher.Scan{Service: s}); err != nil {
 				t.Fatal(err)
 			}
